@@ -1,0 +1,446 @@
+/*
+ * The training loop. A run is a pure function of its config: the epoch
+ * order, augmentation and shake coefficients are drawn from Philox keyed by
+ * (seed, epoch or step, position), so a run resumed from any step boundary
+ * continues exactly as if it had not stopped (same backend).
+ *
+ * Per step: assemble the batch on the host, draw alpha/beta for the step,
+ * forward, softmax cross-entropy on the host, backward, SGD with the cosine
+ * learning rate of the 1-based iteration t (lr = 0 at t = T).
+ */
+#include "train.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "data.h"
+#include "model.h"
+#include "optim.h"
+#include "shake.h"
+
+volatile sig_atomic_t train_interrupt = 0;
+
+double softmax_xent(float *dlogits, int *correct, const float *logits,
+                    const int *labels, int n, int classes)
+{
+    double total = 0;
+    int right = 0;
+    for (int i = 0; i < n; i++) {
+        const float *z = logits + (size_t)i * classes;
+        int arg = 0;
+        float zmax = z[0];
+        for (int c = 1; c < classes; c++)
+            if (z[c] > zmax) {
+                zmax = z[c];
+                arg = c;
+            }
+        double sum = 0;
+        for (int c = 0; c < classes; c++)
+            sum += exp((double)z[c] - zmax);
+        double logsum = log(sum) + zmax;
+        total += logsum - z[labels[i]];
+        right += arg == labels[i];
+        if (dlogits) {
+            float *d = dlogits + (size_t)i * classes;
+            for (int c = 0; c < classes; c++)
+                d[c] = (float)((exp((double)z[c] - logsum) - (c == labels[i])) / n);
+        }
+    }
+    if (correct)
+        *correct = right;
+    return total / n;
+}
+
+/* mkdir -p for the run folder. */
+static int make_dirs(const char *path, Err *e)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
+    return 0;
+}
+
+typedef struct {
+    const TrainConfig *cfg;
+    Dataset train, test;
+    Model model;
+    const BackendOps *ops;
+    Backend *be;
+    float *params, *state, *momentum;
+    float *x, *logits, *dlogits, *alpha, *beta;
+    int *labels, *order;
+    FILE *log;
+    char ckpt_path[1100];
+} Run;
+
+static void run_free(Run *r)
+{
+    if (r->be)
+        r->ops->destroy(r->be);
+    dataset_free(&r->train);
+    dataset_free(&r->test);
+    model_free(&r->model);
+    mem_free(r->params);
+    mem_free(r->state);
+    mem_free(r->momentum);
+    mem_free(r->x);
+    mem_free(r->logits);
+    mem_free(r->dlogits);
+    mem_free(r->alpha);
+    mem_free(r->beta);
+    mem_free(r->labels);
+    mem_free(r->order);
+    if (r->log)
+        fclose(r->log);
+}
+
+/* Data, model, backend and host buffers for cfg; state initialized by
+ * model_init (the caller may then load a checkpoint over it). */
+static int run_setup(Run *r, const TrainConfig *cfg, Err *e)
+{
+    memset(r, 0, sizeof *r);
+    r->cfg = cfg;
+    if (cfg->threads > 0)
+        omp_set_num_threads(cfg->threads);
+    const char *dir = cfg->data_dir[0] ? cfg->data_dir : dataset_default_dir(cfg->dataset);
+    if (dataset_load(&r->train, &r->test, cfg->dataset, dir, (uint64_t)cfg->subset_seed, e))
+        return -1;
+    if (cfg->train_subset > 0 &&
+        dataset_subset(&r->train, cfg->train_subset, (uint64_t)cfg->subset_seed, e))
+        return err_wrap(e, "train_subset=%d", cfg->train_subset);
+    ModelSpec spec;
+    config_model_spec(cfg, r->train.classes, r->train.c, r->train.h, r->train.w, &spec);
+    if (model_build(&r->model, &spec, e))
+        return -1;
+    r->ops = backend_find(cfg->backend);
+    if (!r->ops)
+        return err_set(e, "backend '%s' is not built into this binary (have: %s)",
+                       cfg->backend, backend_names());
+    BackendOptions bo = {cfg->batch, cfg->threads};
+    r->be = r->ops->create(&r->model, &bo, e);
+    if (!r->be)
+        return err_wrap(e, "backend %s", cfg->backend);
+    const Model *m = &r->model;
+    size_t img = (size_t)r->train.c * r->train.h * r->train.w;
+    int B = cfg->batch;
+    if (!(r->params = mem_alloc(m->nparams * sizeof(float), "parameters", e)) ||
+        !(r->state = mem_alloc(m->nstate * sizeof(float), "batch-norm statistics", e)) ||
+        !(r->momentum = mem_alloc(m->nparams * sizeof(float), "momentum", e)) ||
+        !(r->x = mem_alloc((size_t)B * img * sizeof(float), "input batch", e)) ||
+        !(r->logits = mem_alloc((size_t)B * spec.classes * sizeof(float), "logits", e)) ||
+        !(r->dlogits = mem_alloc((size_t)B * spec.classes * sizeof(float), "logits", e)) ||
+        !(r->alpha = mem_alloc((size_t)m->nblocks * B * sizeof(float), "coefficients", e)) ||
+        !(r->beta = mem_alloc((size_t)m->nblocks * B * sizeof(float), "coefficients", e)) ||
+        !(r->labels = mem_alloc((size_t)B * sizeof(int), "labels", e)) ||
+        !(r->order = mem_alloc((size_t)(r->train.n > r->test.n ? r->train.n : r->test.n) *
+                               sizeof(int), "epoch order", e)))
+        return -1;
+    model_init(m, (uint64_t)cfg->seed, r->params, r->state);
+    return 0;
+}
+
+/* Test loss and error with running statistics and even coefficients. */
+static int run_evaluate(Run *r, EvalResult *res, Err *e)
+{
+    const Dataset *d = &r->test;
+    int B = r->cfg->batch, wrong = 0;
+    double loss = 0;
+    for (int i = 0; i < d->n; i++)
+        r->order[i] = i;
+    for (int start = 0; start < d->n; start += B) {
+        int count = d->n - start < B ? d->n - start : B;
+        data_batch(r->x, r->labels, d, r->order + start, count, 0, 0, 0);
+        if (r->ops->forward(r->be, r->logits, r->x, NULL, count, 0, e))
+            return -1;
+        int right;
+        loss += softmax_xent(NULL, &right, r->logits, r->labels, count, d->classes) * count;
+        wrong += count - right;
+    }
+    res->n = d->n;
+    res->loss = loss / d->n;
+    res->err = (double)wrong / d->n;
+    return 0;
+}
+
+static int run_checkpoint(Run *r, int64_t step, int64_t epoch, Err *e)
+{
+    if (r->ops->store(r->be, r->params, r->state, r->momentum, NULL, e))
+        return -1;
+    CheckpointMeta meta = {step, epoch, (uint64_t)r->cfg->seed, config_to_json(r->cfg)};
+    int rc = checkpoint_save(r->ckpt_path, &r->model, r->params, r->state, r->momentum,
+                             &meta, e);
+    free(meta.config_json);
+    return rc;
+}
+
+static void log_event(Run *r, json_t *obj)
+{
+    if (!r->log) {
+        json_decref(obj);
+        return;
+    }
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    if (s) {
+        fprintf(r->log, "%s\n", s);
+        fflush(r->log);
+        free(s);
+    }
+    json_decref(obj);
+}
+
+int train_run(const TrainConfig *cfg, FILE *progress, Err *e)
+{
+    Run run, *r = &run;
+    int status = TRAIN_FAILED;
+    if (run_setup(r, cfg, e))
+        goto done;
+    const Model *m = &r->model;
+    if (make_dirs(cfg->out, e))
+        goto done;
+    snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/checkpoint.safetensors", cfg->out);
+
+    int64_t step = 0;
+    if (cfg->resume[0] || cfg->init[0]) {
+        const char *path = cfg->resume[0] ? cfg->resume : cfg->init;
+        CheckpointMeta meta = {0};
+        if (checkpoint_load(path, m, r->params, r->state,
+                            cfg->resume[0] ? r->momentum : NULL, &meta, e)) {
+            err_wrap(e, "%s %s", cfg->resume[0] ? "resume" : "init", path);
+            goto done;
+        }
+        if (cfg->resume[0])
+            step = meta.step;
+        checkpoint_meta_free(&meta);
+    }
+    if (r->ops->load(r->be, r->params, r->state, r->momentum, e))
+        goto done;
+
+    const int B = cfg->batch, n = r->train.n;
+    const int64_t spe = (n + B - 1) / B, T = (int64_t)cfg->epochs * spe;
+    const uint64_t seed = (uint64_t)cfg->seed;
+    char logpath[1100];
+    snprintf(logpath, sizeof logpath, "%s/log.jsonl", cfg->out);
+    r->log = fopen(logpath, step > 0 ? "a" : "w");
+    if (!r->log) {
+        err_set(e, "cannot write %s: %s", logpath, strerror(errno));
+        goto done;
+    }
+    char desc[128];
+    model_describe(m, desc, sizeof desc);
+    json_t *start = json_object();
+    json_object_set_new(start, "event", json_string(step > 0 ? "resume" : "start"));
+    json_object_set_new(start, "model", json_string(desc));
+    json_object_set_new(start, "params", json_integer((json_int_t)m->nparams));
+    json_object_set_new(start, "step", json_integer(step));
+    json_object_set_new(start, "total_steps", json_integer(T));
+    char *cj = config_to_json(cfg);
+    json_object_set_new(start, "config", json_loads(cj, 0, NULL));
+    free(cj);
+    log_event(r, start);
+    if (progress) {
+        fprintf(progress, "%s, %zu parameters, %s backend; %d training and %d test images "
+                "(%s), %d epochs of %lld steps%s\n", desc, m->nparams, cfg->backend, n,
+                r->test.n, dataset_name(cfg->dataset), cfg->epochs, (long long)spe,
+                step > 0 ? " (resumed)" : "");
+        fflush(progress);
+    }
+
+    status = TRAIN_DONE;
+    for (int epoch = (int)(step / spe); epoch < cfg->epochs; epoch++) {
+        data_epoch_order(r->order, n, seed, epoch, cfg->shuffle);
+        double t0 = time_now(), loss_sum = 0, lr = 0;
+        int64_t wrong = 0, seen = 0;
+        for (int64_t it = step - (int64_t)epoch * spe; it < spe; it++) {
+            if (cfg->steps > 0 && step >= cfg->steps) {
+                status = TRAIN_STOPPED;
+                break;
+            }
+            if (train_interrupt) {
+                status = TRAIN_INTERRUPTED;
+                break;
+            }
+            int count = (int)(n - it * B < B ? n - it * B : B);
+            data_batch(r->x, r->labels, &r->train, r->order + it * B, count, seed, epoch,
+                       cfg->augment);
+            shake_draw(r->alpha, r->beta, m->nblocks, count, seed, step,
+                       (ShakeMode)cfg->forward, (ShakeMode)cfg->backward,
+                       (ShakeLevel)cfg->level);
+            if (r->ops->forward(r->be, r->logits, r->x, r->alpha, count, 1, e))
+                goto fail;
+            int right;
+            double loss = softmax_xent(r->dlogits, &right, r->logits, r->labels, count,
+                                       m->spec.classes);
+            if (!isfinite(loss)) {
+                err_set(e, "diverged: training loss is %g at step %lld (epoch %d)", loss,
+                        (long long)step + 1, epoch + 1);
+                goto fail;
+            }
+            if (r->ops->backward(r->be, r->dlogits, r->beta, count, e))
+                goto fail;
+            lr = cosine_lr(cfg->lr, step + 1, T);
+            if (r->ops->update(r->be, (float)lr, (float)cfg->momentum, (float)cfg->wd, e))
+                goto fail;
+            step++;
+            loss_sum += loss * count;
+            wrong += count - right;
+            seen += count;
+        }
+        double secs = time_now() - t0;
+        if (status != TRAIN_DONE) {
+            if (run_checkpoint(r, step, epoch, e))
+                goto fail;
+            json_t *ev = json_object();
+            json_object_set_new(ev, "event", json_string(status == TRAIN_STOPPED ? "stop"
+                                                                               : "interrupt"));
+            json_object_set_new(ev, "step", json_integer(step));
+            json_object_set_new(ev, "epoch", json_integer(epoch));
+            log_event(r, ev);
+            if (progress)
+                fprintf(progress, "%s at step %lld (epoch %d, step %lld of %lld); "
+                        "checkpoint %s\n", status == TRAIN_STOPPED ? "stopped" : "interrupted",
+                        (long long)step, epoch + 1, (long long)(step - (int64_t)epoch * spe),
+                        (long long)spe, r->ckpt_path);
+            break;
+        }
+        EvalResult ev;
+        if (run_evaluate(r, &ev, e))
+            goto fail;
+        EpochStats s = {epoch + 1, cfg->epochs, step, lr,
+                        seen ? loss_sum / seen : 0, seen ? (double)wrong / seen : 0,
+                        ev.loss, ev.err, secs, seen / (secs > 0 ? secs : 1e-9)};
+        if (run_checkpoint(r, step, epoch + 1, e))
+            goto fail;
+        json_t *o = json_object();
+        json_object_set_new(o, "event", json_string("epoch"));
+        json_object_set_new(o, "epoch", json_integer(s.epoch));
+        json_object_set_new(o, "step", json_integer(s.step));
+        json_object_set_new(o, "lr", json_real(s.lr));
+        json_object_set_new(o, "train_loss", json_real(s.train_loss));
+        json_object_set_new(o, "train_err", json_real(s.train_err));
+        json_object_set_new(o, "test_loss", json_real(s.test_loss));
+        json_object_set_new(o, "test_err", json_real(s.test_err));
+        json_object_set_new(o, "seconds", json_real(s.seconds));
+        json_object_set_new(o, "images_per_s", json_real(s.images_per_s));
+        log_event(r, o);
+        if (progress) {
+            fprintf(progress, "epoch %4d/%d  lr %.5f  train loss %.4f err %6.2f%%  "
+                    "test loss %.4f err %6.2f%%  %7.1f s  %7.1f img/s\n", s.epoch, s.epochs,
+                    s.lr, s.train_loss, 100 * s.train_err, s.test_loss, 100 * s.test_err,
+                    s.seconds, s.images_per_s);
+            fflush(progress);
+        }
+    }
+    if (status == TRAIN_DONE) {
+        json_t *o = json_object();
+        json_object_set_new(o, "event", json_string("end"));
+        json_object_set_new(o, "step", json_integer(step));
+        log_event(r, o);
+    }
+    goto done;
+fail:
+    status = TRAIN_FAILED;
+    if (r->log) {
+        json_t *o = json_object();
+        json_object_set_new(o, "event", json_string("failed"));
+        json_object_set_new(o, "reason", json_string(e->msg));
+        json_object_set_new(o, "step", json_integer(step));
+        log_event(r, o);
+    }
+done:
+    run_free(r);
+    return status;
+}
+
+/* Keys that may differ between a checkpoint and the run that resumes it. */
+static int resume_free_key(const char *k)
+{
+    static const char *const free_keys[] = {"backend", "threads", "data_dir", "out",
+                                            "steps", "resume", "init"};
+    for (size_t i = 0; i < sizeof free_keys / sizeof free_keys[0]; i++)
+        if (strcmp(k, free_keys[i]) == 0)
+            return 1;
+    return 0;
+}
+
+int train_resume_config(TrainConfig *cfg, const char *path, char **assignments,
+                        int n, Err *e)
+{
+    CheckpointMeta meta = {0};
+    if (checkpoint_read_meta(path, &meta, e))
+        return err_wrap(e, "resume %s", path);
+    TrainConfig base;
+    config_defaults(&base);
+    int rc = meta.config_json ? config_from_json(&base, meta.config_json, e)
+                              : err_set(e, "%s has no config in its metadata", path);
+    checkpoint_meta_free(&meta);
+    if (rc)
+        return err_wrap(e, "resume %s", path);
+    *cfg = base;
+    for (int i = 0; i < n; i++)
+        if (config_set(cfg, assignments[i], e))
+            return -1;
+    for (int k = 0; k < config_nkeys(); k++) {
+        const char *key = config_key_name(k);
+        if (resume_free_key(key))
+            continue;
+        char a[600], b[600];
+        config_key_value(&base, k, a, sizeof a);
+        config_key_value(cfg, k, b, sizeof b);
+        if (strcmp(a, b) != 0)
+            return err_set(e, "resume %s: key '%s' is %s in the checkpoint but %s here; "
+                           "a resumed run keeps its trajectory (use init= to start a new "
+                           "run from these weights)", path, key, a, b);
+    }
+    snprintf(cfg->resume, sizeof cfg->resume, "%s", path);
+    return 0;
+}
+
+int eval_checkpoint(const char *path, const char *data_dir, const char *backend,
+                    int threads, EvalResult *res, Err *e)
+{
+    CheckpointMeta meta = {0};
+    if (checkpoint_read_meta(path, &meta, e))
+        return -1;
+    TrainConfig cfg;
+    config_defaults(&cfg);
+    int rc = meta.config_json ? config_from_json(&cfg, meta.config_json, e)
+                              : err_set(e, "%s has no config in its metadata", path);
+    checkpoint_meta_free(&meta);
+    if (rc)
+        return err_wrap(e, "%s", path);
+    if (data_dir && data_dir[0])
+        snprintf(cfg.data_dir, sizeof cfg.data_dir, "%s", data_dir);
+    if (backend && backend[0])
+        snprintf(cfg.backend, sizeof cfg.backend, "%s", backend);
+    cfg.threads = threads;
+    cfg.train_subset = 0; /* evaluation needs only the test split */
+    Run run, *r = &run;
+    rc = -1;
+    if (run_setup(r, &cfg, e))
+        goto done;
+    if (checkpoint_load(path, &r->model, r->params, r->state, NULL, &meta, e))
+        goto done;
+    checkpoint_meta_free(&meta);
+    if (r->ops->load(r->be, r->params, r->state, NULL, e))
+        goto done;
+    rc = run_evaluate(r, res, e);
+done:
+    run_free(r);
+    return rc;
+}

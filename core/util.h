@@ -1,0 +1,28 @@
+/*
+ * Small shared helpers: the error buffer every fallible engine function fills,
+ * checked allocation, timing. Engine functions return 0 on success and -1 on
+ * failure with a message in Err; only main() exits.
+ */
+#ifndef SHAKE_UTIL_H
+#define SHAKE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char msg[1024];
+} Err;
+
+/* Sets the message (printf-style) and returns -1, so `return err_set(...)`. */
+int err_set(Err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prefixes the existing message with context ("loading X: ..."); returns -1. */
+int err_wrap(Err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* 64-byte aligned, zeroed; NULL and a message naming `what` on failure. */
+void *mem_alloc(size_t bytes, const char *what, Err *e);
+void mem_free(void *p);
+
+double time_now(void);          /* monotonic seconds */
+size_t peak_rss_bytes(void);    /* this process's peak resident set */
+
+#endif

@@ -1,0 +1,139 @@
+/* Shared test helpers; see testutil.h. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "philox.h"
+
+char *tu_tempdir(const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    char *path = NULL;
+    if (asprintf(&path, "%s/shake-%s-XXXXXX", base ? base : "/tmp", tag) < 0)
+        fail_msg("asprintf");
+    if (!mkdtemp(path))
+        fail_msg("mkdtemp %s failed", path);
+    return path;
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+void tu_rmtree(const char *path)
+{
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = lo + (hi - lo) * rng_uniform(seed, RNG_TEST, (uint32_t)i, (uint32_t)(i >> 32), 0);
+}
+
+double tu_max_abs(const float *a, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(a[i]) > m)
+            m = fabs(a[i]);
+    return m;
+}
+
+double tu_rel_err(const float *a, const float *b, size_t n)
+{
+    double scale = tu_max_abs(b, n), worst = 0;
+    if (scale < 1e-30)
+        scale = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (isnan(a[i]) || isnan(b[i]))
+            return INFINITY;
+        if (d > worst)
+            worst = d;
+    }
+    return worst / scale;
+}
+
+void tu_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        fail_msg("cannot write %s", path);
+    if (len && fwrite(data, 1, len, f) != len)
+        fail_msg("short write to %s", path);
+    fclose(f);
+}
+
+void *tu_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    fclose(f);
+    if (len)
+        *len = (size_t)n;
+    return buf;
+}
+
+int tu_run_sweep(char **output, const char *fmt, ...)
+{
+    char *args = NULL, *cmd = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&args, fmt, ap) < 0)
+        fail_msg("vasprintf");
+    va_end(ap);
+    if (asprintf(&cmd, "'%s' %s 2>&1", SHAKE_SWEEP_BIN, args) < 0)
+        fail_msg("asprintf");
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        fail_msg("popen %s", cmd);
+    size_t cap = 4096, len = 0;
+    char *out = malloc(cap);
+    size_t got;
+    while ((got = fread(out + len, 1, cap - len - 1, p)) > 0) {
+        len += got;
+        if (cap - len < 2) {
+            cap *= 2;
+            out = realloc(out, cap);
+        }
+    }
+    out[len] = 0;
+    int status = pclose(p);
+    free(args);
+    free(cmd);
+    if (output)
+        *output = out;
+    else
+        free(out);
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    return -1;
+}
+
+const char *tu_source_path(const char *rel)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/%s", SHAKE_SOURCE_DIR, rel);
+    return buf;
+}

@@ -1,0 +1,43 @@
+/*
+ * Helpers shared by the cmocka tests: scratch folders, seeded random arrays,
+ * error measures, and running the `sweep` binary.
+ */
+#ifndef SHAKE_TESTUTIL_H
+#define SHAKE_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* A fresh folder under $TMPDIR (or /tmp); returns a static-lifetime copy. */
+char *tu_tempdir(const char *tag);
+/* Removes a folder tree made by tu_tempdir. */
+void tu_rmtree(const char *path);
+
+/* Uniform [lo, hi) from (seed, i) through Philox: reproducible fixtures. */
+void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
+
+/* max_i |a_i - b_i| / max(max_i |b_i|, tiny): error relative to the
+ * tensor's scale, which is what float32 accumulation order perturbs. */
+double tu_rel_err(const float *a, const float *b, size_t n);
+double tu_max_abs(const float *a, size_t n);
+
+/* Writes bytes to path; fails the test on error. */
+void tu_write_file(const char *path, const void *data, size_t len);
+/* Reads a whole file (caller frees); NULL if missing. */
+void *tu_read_file(const char *path, size_t *len);
+
+/*
+ * Runs the sweep binary with the printf-style argument string through
+ * /bin/sh, capturing stdout+stderr (caller frees *output, may pass NULL).
+ * Returns the exit status (or -1 if it died by a signal).
+ */
+int tu_run_sweep(char **output, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Path under the source tree (fixtures). Static buffer. */
+const char *tu_source_path(const char *rel);
+
+#endif
