@@ -101,7 +101,6 @@ typedef struct {
     int ch[3];                  /* channels of the concatenated conv j output */
     float *in;                  /* (N, cin, ih, iw): relu(x) (resnet) or x (resnext) */
     float *c[3];                /* (N, ch[j], oh, ow): conv outputs */
-    float *sc;                  /* (N, cout, oh, ow): shortcut conv output */
 } Block;
 
 struct Backend {
@@ -766,7 +765,6 @@ static void cpu_destroy(Backend *b)
         mem_free(B->in);
         for (int j = 0; j < 3; j++)
             mem_free(B->c[j]);
-        mem_free(B->sc);
     }
     free(b->blk);
     float *bufs[] = {b->params, b->grads, b->mom, b->state, b->xin, b->stem_c, b->head_in,
@@ -841,9 +839,6 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
             }
             B->sc_bn = add_bn(b, &d->sc_bn, NULL, d->oh, d->ow, 0, e);
             if (B->sc_conv < 0 || B->sc_bn < 0)
-                return -1;
-            if (!(B->sc = mem_alloc(act_floats(N, d->cout, d->oh, d->ow) * sizeof(float),
-                                    "stored activations", e)))
                 return -1;
             need(&wide, act_floats(N, d->cout, d->oh, d->ow));
             need(&wmax, (size_t)d->cout * d->cin * 2);
@@ -975,8 +970,12 @@ static int cpu_forward(Backend *b, float *logits, const float *x, const float *a
                          s->shift);
                 scin = b->G;
             }
-            if (conv_forward(b, B->sc_conv, B->sc, scin, e) ||
-                bn_forward(b, B->sc_bn, b->G, B->sc, n, train, e))
+            /* The conv output is not kept (the backward pass recomputes it):
+             * it passes through this block's output buffer, which k_combine
+             * fills only after the batch norm has read it. */
+            float *scc = b->Y[cur ^ 1];
+            if (conv_forward(b, B->sc_conv, scc, scin, e) ||
+                bn_forward(b, B->sc_bn, b->G, scc, n, train, e))
                 return -1;
             sc = b->G;
         } else {
@@ -1078,22 +1077,25 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
             }
         }
         if (d->proj) {
+            /* Recompute the shortcut conv output (into G), then its batch
+             * norm's gradient in place of gy: a projection block has no
+             * further use for gy. A holds the conv input, then its gradient. */
             size_t count = act_floats(n, d->cin, d->ih, d->iw);
-            if (bn_backward(b, B->sc_bn, b->G, gy, B->sc, e))
-                return -1;
+            const float *scin = B->in;
             if (s->arch == ARCH_RESNET) {
                 k_gather(b->A, B->in, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride,
                          s->shift);
-                if (conv_backward_weights(b, B->sc_conv, b->A, b->G, e) ||
-                    conv_backward_data(b, B->sc_conv, b->A, b->G, e))
-                    return -1;
-                k_scatter(gx, b->A, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride, s->shift);
-            } else {
-                if (conv_backward_weights(b, B->sc_conv, B->in, b->G, e) ||
-                    conv_backward_data(b, B->sc_conv, b->A, b->G, e))
-                    return -1;
-                k_add(gx, b->A, count);
+                scin = b->A;
             }
+            if (conv_forward(b, B->sc_conv, b->G, scin, e) ||
+                bn_backward(b, B->sc_bn, gy, gy, b->G, e) ||
+                conv_backward_weights(b, B->sc_conv, scin, gy, e) ||
+                conv_backward_data(b, B->sc_conv, b->A, gy, e))
+                return -1;
+            if (s->arch == ARCH_RESNET)
+                k_scatter(gx, b->A, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride, s->shift);
+            else
+                k_add(gx, b->A, count);
             k_mask(gx, NULL, B->in, gx, count, post);
         } else {
             k_mask(gx, gy, B->in, gx, act_floats(n, d->cin, d->ih, d->iw), post);

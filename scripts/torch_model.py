@@ -76,7 +76,7 @@ class ShakeBlock(nn.Module):
         b1, b2 = self.branch1(r), self.branch2(r)
         sc = x if self.shortcut is None else self.shortcut(r)
         if self.alpha is None:
-            a = torch.full((1, 1, 1, 1), 0.5)
+            a = torch.full((1, 1, 1, 1), 0.5, dtype=x.dtype)
             return sc + ShakeFn.apply(b1, b2, a, a)
         return sc + ShakeFn.apply(b1, b2, self.alpha, self.beta)
 
@@ -129,7 +129,98 @@ class ShakeResNet(nn.Module):
         return self.fc(h)
 
 
+class ResNeXtBranch(nn.Module):
+    """conv1x1 -> BN -> ReLU -> grouped conv3x3 (stride s) -> BN -> ReLU -> conv1x1 -> BN."""
+
+    def __init__(self, cin, inner, cout, stride, groups):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, inner, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv3 = nn.Conv2d(inner, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        return self.bn3(self.conv3(h))
+
+
+class ResNeXtShortcut(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class ShakeResNeXtBlock(nn.Module):
+    """Post-activation: y = relu(shortcut(x) + shake(branch1(x), branch2(x)))."""
+
+    def __init__(self, cin, inner, cout, stride, groups):
+        super().__init__()
+        self.branch1 = ResNeXtBranch(cin, inner, cout, stride, groups)
+        self.branch2 = ResNeXtBranch(cin, inner, cout, stride, groups)
+        self.shortcut = (None if cin == cout and stride == 1
+                         else ResNeXtShortcut(cin, cout, stride))
+        self.alpha = None  # as ShakeBlock
+        self.beta = None
+
+    def forward(self, x):
+        b1, b2 = self.branch1(x), self.branch2(x)
+        sc = x if self.shortcut is None else self.shortcut(x)
+        if self.alpha is None:
+            a = torch.full((1, 1, 1, 1), 0.5, dtype=x.dtype)
+            return F.relu(sc + ShakeFn.apply(b1, b2, a, a))
+        return F.relu(sc + ShakeFn.apply(b1, b2, self.alpha, self.beta))
+
+
+class ShakeResNeXt(nn.Module):
+    """depth 9n+2; stage s has 4*base_s output channels and groups *
+    (base_s * width / 64) inner channels, base = 64, 128, 256; the stem is
+    64 wide and, unlike the ResNet's, ends with a ReLU."""
+
+    def __init__(self, depth=29, width=64, groups=4, classes=100, in_ch=3):
+        super().__init__()
+        n = (depth - 2) // 9
+        self.stem = Stem(in_ch, 64, relu=True)
+        cin = 64
+        for si, (base, s) in enumerate([(64, 1), (128, 2), (256, 2)]):
+            inner = groups * (base * width // 64)
+            blocks = nn.Module()
+            for b in range(n):
+                setattr(blocks, "block%d" % b,
+                        ShakeResNeXtBlock(cin, inner, 4 * base, s if b == 0 else 1, groups))
+                cin = 4 * base
+            setattr(self, "stage%d" % (si + 1), blocks)
+        self.n = n
+        self.fc = nn.Linear(cin, classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                conv_init(m)
+            elif isinstance(m, nn.Linear):
+                m.bias.data.zero_()
+
+    def blocks(self):
+        for si in range(1, 4):
+            st = getattr(self, "stage%d" % si)
+            for b in range(self.n):
+                yield getattr(st, "block%d" % b)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for blk in self.blocks():
+            h = blk(h)
+        h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.fc(h)
+
+
 if __name__ == "__main__":
     for w in (32, 64, 96, 112):
         m = ShakeResNet(26, w)
-        print(w, sum(p.numel() for p in m.parameters()))
+        print("26 2x%dd" % w, sum(p.numel() for p in m.parameters()))
+    m = ShakeResNeXt(29, 64, 4, 100)
+    print("29 2x4x64d", sum(p.numel() for p in m.parameters()))

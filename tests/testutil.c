@@ -131,6 +131,37 @@ int tu_run_sweep(char **output, const char *fmt, ...)
     return -1;
 }
 
+static void cifar_record(unsigned char *rec, uint64_t seed, uint32_t index)
+{
+    rec[0] = (unsigned char)(rng_u32(seed, RNG_TEST, index, 0xffffffffu, 0) % 10);
+    for (int k = 0; k < 3072; k++)
+        rec[1 + k] = (unsigned char)(rng_u32(seed, RNG_TEST, index, (uint32_t)k, 1) >> 24);
+}
+
+void tu_write_cifar10(const char *dir, int n_train, int n_test, uint64_t seed,
+                      int test_is_train)
+{
+    int most = n_train > n_test ? n_train : n_test;
+    unsigned char *buf = malloc((size_t)3073 * (most > 0 ? most : 1));
+    char path[4096];
+    int at = 0;
+    for (int b = 0; b < 5; b++) {
+        int count = n_train / 5 + (b < n_train % 5);
+        for (int i = 0; i < count; i++)
+            cifar_record(buf + (size_t)3073 * i, seed, (uint32_t)(at + i));
+        at += count;
+        snprintf(path, sizeof path, "%s/data_batch_%d.bin", dir, b + 1);
+        tu_write_file(path, buf, (size_t)3073 * count);
+    }
+    if (test_is_train && n_test != n_train)
+        fail_msg("tu_write_cifar10: test_is_train needs n_test = n_train");
+    for (int i = 0; i < n_test; i++)
+        cifar_record(buf + (size_t)3073 * i, test_is_train ? seed : seed + 1, (uint32_t)i);
+    snprintf(path, sizeof path, "%s/test_batch.bin", dir);
+    tu_write_file(path, buf, (size_t)3073 * n_test);
+    free(buf);
+}
+
 const char *tu_source_path(const char *rel)
 {
     static char buf[4096];

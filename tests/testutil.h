@@ -37,6 +37,15 @@ void *tu_read_file(const char *path, size_t *len);
 int tu_run_sweep(char **output, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/*
+ * A CIFAR-10 binary folder in the real format: n_train records over
+ * data_batch_1..5.bin (the first files take the remainder) and n_test in
+ * test_batch.bin; random pixels and labels from seed. If test_is_train,
+ * test_batch.bin holds the training records (n_test must equal n_train).
+ */
+void tu_write_cifar10(const char *dir, int n_train, int n_test, uint64_t seed,
+                      int test_is_train);
+
 /* Path under the source tree (fixtures). Static buffer. */
 const char *tu_source_path(const char *rel);
 

@@ -1,0 +1,282 @@
+/*
+ * The training loop end to end on small CIFAR-10 folders written in the real
+ * binary format: exact resume (at an epoch boundary and mid-epoch, on the
+ * cpu and ref backends), same seed = same run, a network that memorizes 256
+ * images, the JSON-lines log, divergence reported as such.
+ */
+#include "testutil.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "config.h"
+#include "model.h"
+#include "train.h"
+
+static char *data_dir;
+
+static int setup(void **s)
+{
+    (void)s;
+    data_dir = tu_tempdir("train-data");
+    tu_write_cifar10(data_dir, 120, 40, 17, 0);
+    return 0;
+}
+
+static int teardown(void **s)
+{
+    (void)s;
+    tu_rmtree(data_dir);
+    free(data_dir);
+    return 0;
+}
+
+static void base_config(TrainConfig *c, const char *backend, const char *out)
+{
+    Err e = {{0}};
+    config_defaults(c);
+    const char *kv[] = {"dataset=cifar10", "depth=8", "width=16", "epochs=4", "batch=32",
+                        "lr=0.1", "seed=5", "threads=2"};
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        if (config_set(c, kv[i], &e))
+            fail_msg("%s", e.msg);
+    snprintf(c->data_dir, sizeof c->data_dir, "%s", data_dir);
+    snprintf(c->backend, sizeof c->backend, "%s", backend);
+    snprintf(c->out, sizeof c->out, "%s", out);
+}
+
+typedef struct {
+    Model m;
+    float *params, *state, *mom;
+    CheckpointMeta meta;
+} Loaded;
+
+static void load(Loaded *l, const char *dir, const TrainConfig *c)
+{
+    char path[4096];
+    Err e = {{0}};
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+    ModelSpec spec;
+    config_model_spec(c, 10, 3, 32, 32, &spec);
+    if (model_build(&l->m, &spec, &e))
+        fail_msg("%s", e.msg);
+    l->params = malloc(l->m.nparams * sizeof(float));
+    l->state = malloc(l->m.nstate * sizeof(float));
+    l->mom = malloc(l->m.nparams * sizeof(float));
+    if (checkpoint_load(path, &l->m, l->params, l->state, l->mom, &l->meta, &e))
+        fail_msg("%s", e.msg);
+}
+
+static void unload(Loaded *l)
+{
+    free(l->params);
+    free(l->state);
+    free(l->mom);
+    checkpoint_meta_free(&l->meta);
+    model_free(&l->m);
+}
+
+static void assert_same_run(const char *a, const char *b, const TrainConfig *c)
+{
+    Loaded x, y;
+    load(&x, a, c);
+    load(&y, b, c);
+    assert_int_equal(x.meta.step, y.meta.step);
+    assert_int_equal(x.meta.epoch, y.meta.epoch);
+    assert_memory_equal(x.params, y.params, x.m.nparams * sizeof(float));
+    assert_memory_equal(x.state, y.state, x.m.nstate * sizeof(float));
+    assert_memory_equal(x.mom, y.mom, x.m.nparams * sizeof(float));
+    unload(&x);
+    unload(&y);
+}
+
+static void train_ok(const TrainConfig *c, int want)
+{
+    Err e = {{0}};
+    int st = train_run(c, NULL, &e);
+    if (st != want)
+        fail_msg("train_run returned %d (want %d): %s", st, want, e.msg);
+}
+
+static void resume_case(const char *backend, int64_t stop_step, int epochs)
+{
+    char *root = tu_tempdir("resume");
+    char straight[400], part[400], cont[400], ck[500];
+    snprintf(straight, sizeof straight, "%s/straight", root);
+    snprintf(part, sizeof part, "%s/part", root);
+    snprintf(cont, sizeof cont, "%s/cont", root);
+    TrainConfig c;
+    base_config(&c, backend, straight);
+    c.epochs = epochs;
+    train_ok(&c, TRAIN_DONE);
+
+    base_config(&c, backend, part);
+    c.epochs = epochs;
+    c.steps = stop_step;
+    train_ok(&c, TRAIN_STOPPED);
+
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", part);
+    Err e = {{0}};
+    char outkv[500];
+    snprintf(outkv, sizeof outkv, "out=%s", cont);
+    char *assign[] = {outkv};
+    if (train_resume_config(&c, ck, assign, 1, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(c.epochs, epochs);
+    assert_int_equal(c.steps, stop_step); /* kept from the checkpoint: override it */
+    c.steps = 0;
+    train_ok(&c, TRAIN_DONE);
+    assert_same_run(straight, cont, &c);
+    tu_rmtree(root);
+    free(root);
+}
+
+/* 120 images, batch 32: 4 steps per epoch. */
+static void test_resume_epoch_boundary_cpu(void **s)
+{
+    (void)s;
+    resume_case("cpu", 8, 4);   /* 2 epochs + 2 */
+}
+
+static void test_resume_mid_epoch_cpu(void **s)
+{
+    (void)s;
+    resume_case("cpu", 6, 3);   /* stops in the middle of epoch 2 */
+}
+
+static void test_resume_ref(void **s)
+{
+    (void)s;
+    resume_case("ref", 3, 2);
+}
+
+static void test_same_seed_same_run(void **s)
+{
+    (void)s;
+    char *root = tu_tempdir("seed");
+    char a[400], b[400], c3[400];
+    snprintf(a, sizeof a, "%s/a", root);
+    snprintf(b, sizeof b, "%s/b", root);
+    snprintf(c3, sizeof c3, "%s/c", root);
+    TrainConfig c;
+    base_config(&c, "cpu", a);
+    c.epochs = 1;
+    train_ok(&c, TRAIN_DONE);
+    snprintf(c.out, sizeof c.out, "%s", b);
+    train_ok(&c, TRAIN_DONE);
+    assert_same_run(a, b, &c);
+    c.seed = 6;
+    snprintf(c.out, sizeof c.out, "%s", c3);
+    train_ok(&c, TRAIN_DONE);
+    Loaded x, y;
+    load(&x, a, &c);
+    load(&y, c3, &c);
+    assert_true(memcmp(x.params, y.params, x.m.nparams * sizeof(float)) != 0);
+    unload(&x);
+    unload(&y);
+    tu_rmtree(root);
+    free(root);
+}
+
+static void test_log(void **s)
+{
+    (void)s;
+    char *root = tu_tempdir("log");
+    TrainConfig c;
+    base_config(&c, "cpu", root);
+    c.epochs = 2;
+    train_ok(&c, TRAIN_DONE);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/log.jsonl", root);
+    char *text = tu_read_file(path, NULL);
+    assert_non_null(text);
+    int epochs = 0, starts = 0, ends = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        assert_non_null(o);
+        const char *ev = json_string_value(json_object_get(o, "event"));
+        assert_non_null(ev);
+        if (strcmp(ev, "epoch") == 0) {
+            epochs++;
+            assert_int_equal(json_integer_value(json_object_get(o, "epoch")), epochs);
+            assert_int_equal(json_integer_value(json_object_get(o, "step")), 4 * epochs);
+            double err = json_real_value(json_object_get(o, "test_err"));
+            assert_true(err >= 0 && err <= 1);
+            assert_true(json_real_value(json_object_get(o, "images_per_s")) > 0);
+            if (epochs == 2) /* the last iteration's learning rate is 0 */
+                assert_true(json_real_value(json_object_get(o, "lr")) == 0.0);
+        }
+        starts += strcmp(ev, "start") == 0;
+        ends += strcmp(ev, "end") == 0;
+        json_decref(o);
+    }
+    assert_int_equal(epochs, 2);
+    assert_int_equal(starts, 1);
+    assert_int_equal(ends, 1);
+    free(text);
+    tu_rmtree(root);
+    free(root);
+}
+
+static void test_memorizes_256_images(void **s)
+{
+    (void)s;
+    char *dir = tu_tempdir("memorize");
+    tu_write_cifar10(dir, 256, 256, 23, 1); /* test split = training split */
+    TrainConfig c;
+    base_config(&c, "cpu", dir);
+    snprintf(c.data_dir, sizeof c.data_dir, "%s", dir);
+    Err e = {{0}};
+    const char *kv[] = {"epochs=40", "batch=32", "lr=0.05", "wd=0", "augment=0",
+                        "forward=shake", "backward=shake"};
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        assert_int_equal(config_set(&c, kv[i], &e), 0);
+    train_ok(&c, TRAIN_DONE);
+    char ck[4200];
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", dir);
+    EvalResult r;
+    if (eval_checkpoint(ck, dir, "", 2, &r, &e))
+        fail_msg("%s", e.msg);
+    /* the test split holds the 256 training images, random pixels with
+     * random labels: only memorizing every one of them gets them right */
+    assert_int_equal(r.n, 256);
+    int wrong = (int)lround(r.err * r.n);
+    if (wrong != 0)
+        fail_msg("%d of the 256 training images still wrong (loss %.3f)", wrong, r.loss);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_divergence_reported(void **s)
+{
+    (void)s;
+    char *root = tu_tempdir("diverge");
+    TrainConfig c;
+    base_config(&c, "cpu", root);
+    c.lr = 1e30;
+    c.epochs = 3;
+    Err e = {{0}};
+    assert_int_equal(train_run(&c, NULL, &e), TRAIN_FAILED);
+    assert_non_null(strstr(e.msg, "diverged"));
+    tu_rmtree(root);
+    free(root);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resume_epoch_boundary_cpu),
+        cmocka_unit_test(test_resume_mid_epoch_cpu),
+        cmocka_unit_test(test_resume_ref),
+        cmocka_unit_test(test_same_seed_same_run),
+        cmocka_unit_test(test_log),
+        cmocka_unit_test(test_memorizes_256_images),
+        cmocka_unit_test(test_divergence_reported),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
