@@ -21,6 +21,8 @@
  *   before each primitive runs, into one shared buffer; the canonical arenas
  *   stay the master copy, so load/store/update need no conversion.
  * - One user-managed scratchpad serves every primitive.
+ * - 3x3 stride-1 convs over both branches' input use Winograd where oneDNN
+ *   offers it within a memory budget (see conv_plan).
  *
  * Padded channels (C not a multiple of 16) are kept zero by every kernel
  * here, as oneDNN requires of blocked inputs.
@@ -126,6 +128,7 @@ struct Backend {
     size_t wblk_size;
     void *scratchpad;
     size_t scratchpad_size;
+    size_t act_bytes;           /* the largest activation at the largest batch */
     Plan plans[MAX_PLANS];
     uint64_t clock;
     Plan *cur;                  /* plan of the last forward */
@@ -223,8 +226,22 @@ static int make_reorder(Backend *b, dnnl_primitive_desc_t *pd, dnnl_primitive_t 
     return 0;
 }
 
-static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spad,
-                     size_t *wsize, Err *e)
+static void conv_plan_free(ConvPlan *c)
+{
+    dnnl_primitive_t prims[] = {c->fwd, c->bwdd, c->bwdw, c->re_fwd, c->re_bwd, c->re_dw};
+    dnnl_primitive_desc_t pds[] = {c->fwd_pd, c->bwdd_pd, c->bwdw_pd,
+                                   c->re_fwd_pd, c->re_bwd_pd, c->re_dw_pd};
+    for (int k = 0; k < 6; k++) {
+        if (prims[k])
+            dnnl_primitive_destroy(prims[k]);
+        if (pds[k])
+            dnnl_primitive_desc_destroy(pds[k]);
+    }
+    memset(c, 0, sizeof *c);
+}
+
+static int conv_plan_alg(Backend *b, ConvPlan *cp, const Conv *c, int n, dnnl_alg_kind_t alg,
+                         size_t *spad, size_t *wsize, Err *e)
 {
     dnnl_memory_desc_t src, dst, wany;
     if (act_md(&src, n, c->cin, c->ih, c->iw, c->src_plain, e) ||
@@ -243,8 +260,8 @@ static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spa
     dnnl_dims_t strides = {c->stride, c->stride}, pl = {pad, pad};
     dnnl_dims_t pr = {pr_h > 0 ? pr_h : 0, pr_w > 0 ? pr_w : 0};
     dnnl_convolution_desc_t fd, bd, wd;
-    DN(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct,
-                                          &src, &wany, NULL, &dst, strides, pl, pr));
+    DN(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, alg, &src, &wany, NULL,
+                                          &dst, strides, pl, pr));
     if (make_pd(b, &cp->fwd_pd, &fd, NULL, spad, e))
         return -1;
     DN(dnnl_primitive_create(&cp->fwd, cp->fwd_pd));
@@ -253,8 +270,7 @@ static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spa
     if (make_reorder(b, &cp->re_fwd_pd, &cp->re_fwd, &c->w_plain, wf, spad, e))
         return -1;
     if (!c->no_bwd_data) {
-        DN(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &src, &wany,
-                                                    &dst, strides, pl, pr));
+        DN(dnnl_convolution_backward_data_desc_init(&bd, alg, &src, &wany, &dst, strides, pl, pr));
         if (make_pd(b, &cp->bwdd_pd, &bd, cp->fwd_pd, spad, e))
             return -1;
         DN(dnnl_primitive_create(&cp->bwdd, cp->bwdd_pd));
@@ -264,8 +280,8 @@ static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spa
         if (make_reorder(b, &cp->re_bwd_pd, &cp->re_bwd, &c->w_plain, wb, spad, e))
             return -1;
     }
-    DN(dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &src, &wany,
-                                                   NULL, &dst, strides, pl, pr));
+    DN(dnnl_convolution_backward_weights_desc_init(&wd, alg, &src, &wany, NULL, &dst, strides,
+                                                   pl, pr));
     if (make_pd(b, &cp->bwdw_pd, &wd, cp->fwd_pd, spad, e))
         return -1;
     DN(dnnl_primitive_create(&cp->bwdw, cp->bwdw_pd));
@@ -273,6 +289,31 @@ static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spa
                                                                dnnl_query_diff_weights_md, 0);
     need(wsize, dnnl_memory_desc_get_size(dw));
     return make_reorder(b, &cp->re_dw_pd, &cp->re_dw, dw, &c->w_plain, spad, e);
+}
+
+/*
+ * 3x3 stride-1 convs let oneDNN choose (it takes Winograd F(4x4, 3x3) on
+ * AVX-512, faster here than direct convs) unless that choice needs a
+ * scratchpad larger than the largest activation (Winograd on few input
+ * channels or small images wants up to 100 MB at batch 128): memory is the
+ * other half of the budget. Everything else is direct. The choice depends on
+ * shapes only, never on timing, so reruns and resumes compute the same.
+ */
+static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spad,
+                     size_t *wsize, Err *e)
+{
+    if (c->k == 3 && c->stride == 1 && c->groups == 1 && !c->src_plain) {
+        size_t s = 0, w = 0;
+        Err ignored;
+        if (conv_plan_alg(b, cp, c, n, dnnl_convolution_auto, &s, &w, &ignored) == 0 &&
+            s <= b->act_bytes) {
+            need(spad, s);
+            need(wsize, w);
+            return 0;
+        }
+        conv_plan_free(cp);
+    }
+    return conv_plan_alg(b, cp, c, n, dnnl_convolution_direct, spad, wsize, e);
 }
 
 static int bn_plan(Backend *b, BnPlan *bp, const Bn *bn, int n, size_t *spad, Err *e)
@@ -300,18 +341,8 @@ static int bn_plan(Backend *b, BnPlan *bp, const Bn *bn, int n, size_t *spad, Er
 
 static void plan_free(Backend *b, Plan *p)
 {
-    for (int i = 0; p->conv && i < b->nconv; i++) {
-        ConvPlan *c = &p->conv[i];
-        dnnl_primitive_t prims[] = {c->fwd, c->bwdd, c->bwdw, c->re_fwd, c->re_bwd, c->re_dw};
-        dnnl_primitive_desc_t pds[] = {c->fwd_pd, c->bwdd_pd, c->bwdw_pd,
-                                       c->re_fwd_pd, c->re_bwd_pd, c->re_dw_pd};
-        for (int k = 0; k < 6; k++) {
-            if (prims[k])
-                dnnl_primitive_destroy(prims[k]);
-            if (pds[k])
-                dnnl_primitive_desc_destroy(pds[k]);
-        }
-    }
+    for (int i = 0; p->conv && i < b->nconv; i++)
+        conv_plan_free(&p->conv[i]);
     for (int i = 0; p->bn && i < b->nbn; i++) {
         BnPlan *c = &p->bn[i];
         dnnl_primitive_t prims[] = {c->train, c->infer, c->bwd};
@@ -871,9 +902,11 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
 
     /* Primitives for the largest batch now: shapes are checked up front and
      * the ReLU workspaces sized for it. */
+    b->act_bytes = wide * sizeof(float);
     Plan *p = plan_get(b, N, e);
     if (!p)
         return -1;
+
     for (int i = 0; i < b->nbn; i++) {
         Bn *bn = &b->bn[i];
         if (!bn->relu)
