@@ -118,11 +118,14 @@ struct Backend {
     Block *blk;
     int stem_conv, stem_bn;
     float *xin;                 /* (N, in_c, in_h, in_w) plain copy of the batch */
-    float *stem_c;              /* (N, 16 or 64, H, W) stem conv output */
     float *head_in;             /* (N, C, fh, fw) last block's output after ReLU */
     float *feat, *dfeat;        /* (N, C) plain */
-    float *Y[2];                /* narrow scratch: block outputs / their gradients */
-    float *A, *G;               /* wide scratch: concatenated branch tensors */
+    /* Scratch. Y (the size of the largest block input or output) holds a
+     * block's pre-activation output in the forward pass and its gradient in
+     * the backward pass. A and G (the size of the largest concatenated
+     * branch tensor) hold the branches' activations and gradients and the
+     * shortcut's. */
+    float *Y, *A, *G;
     float *wplain, *dwplain;    /* one conv's weights, canonical */
     float *wblk;                /* one conv's weights, packed */
     size_t wblk_size;
@@ -653,7 +656,7 @@ static void k_split(float *G, const float *g, const float *beta, int n, int C, i
  *   resnet:  gx = gy_id + (in > 0) * dR
  *   resnext: gx = (in > 0) * (gy_id + dR)
  * gy_id is the identity shortcut's gradient (NULL for a projection). gx may
- * alias dR.
+ * alias gy_id or dR (elementwise).
  */
 static void k_mask(float *gx, const float *gy_id, const float *in, const float *dR,
                    size_t count, int post)
@@ -798,8 +801,8 @@ static void cpu_destroy(Backend *b)
             mem_free(B->c[j]);
     }
     free(b->blk);
-    float *bufs[] = {b->params, b->grads, b->mom, b->state, b->xin, b->stem_c, b->head_in,
-                     b->feat, b->dfeat, b->Y[0], b->Y[1], b->A, b->G, b->wplain, b->dwplain,
+    float *bufs[] = {b->params, b->grads, b->mom, b->state, b->xin, b->head_in,
+                     b->feat, b->dfeat, b->Y, b->A, b->G, b->wplain, b->dwplain,
                      b->wblk};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         mem_free(bufs[i]);
@@ -833,6 +836,7 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
     if (b->stem_bn < 0)
         return -1;
     need(&narrow, act_floats(N, m->stem_conv.cout, s->in_h, s->in_w));
+    need(&wide, act_floats(N, m->stem_conv.cout, s->in_h, s->in_w));
     need(&wmax, (size_t)m->stem_conv.cout * s->in_c * 9);
 
     b->blk = calloc((size_t)m->nblocks, sizeof *b->blk);
@@ -864,7 +868,10 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
         if (d->proj) {
             if (m->spec.arch == ARCH_RESNET) {
                 B->sc_conv = add_conv(b, &d->sc[0], 2 * d->cin, d->cout, 2, &d->sc[1], e);
-                need(&wide, act_floats(N, 2 * d->cin, d->oh, d->ow));
+                /* the backward pass holds the gathered input and the
+                 * recomputed conv output side by side */
+                need(&wide, act_floats(N, 2 * d->cin, d->oh, d->ow) +
+                                act_floats(N, d->cout, d->oh, d->ow));
             } else {
                 B->sc_conv = add_conv(b, &d->sc[0], d->cin, d->cout, 1, NULL, e);
             }
@@ -882,14 +889,11 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
     }
     size_t img = (size_t)s->in_c * s->in_h * s->in_w;
     if (!(b->xin = mem_alloc((size_t)N * img * sizeof(float), "input batch", e)) ||
-        !(b->stem_c = mem_alloc(act_floats(N, m->stem_conv.cout, s->in_h, s->in_w) *
-                                sizeof(float), "stored activations", e)) ||
         !(b->head_in = mem_alloc(act_floats(N, m->fc_in, m->feat_h, m->feat_w) * sizeof(float),
                                  "stored activations", e)) ||
         !(b->feat = mem_alloc((size_t)N * m->fc_in * sizeof(float), "features", e)) ||
         !(b->dfeat = mem_alloc((size_t)N * m->fc_in * sizeof(float), "features", e)) ||
-        !(b->Y[0] = mem_alloc(narrow * sizeof(float), "scratch", e)) ||
-        !(b->Y[1] = mem_alloc(narrow * sizeof(float), "scratch", e)) ||
+        !(b->Y = mem_alloc(narrow * sizeof(float), "scratch", e)) ||
         !(b->A = mem_alloc(wide * sizeof(float), "scratch", e)) ||
         !(b->G = mem_alloc(wide * sizeof(float), "scratch", e)) ||
         !(b->wplain = mem_alloc(wmax * sizeof(float), "weights", e)) ||
@@ -976,15 +980,13 @@ static int cpu_forward(Backend *b, float *logits, const float *x, const float *a
         return -1;
     int post = s->arch == ARCH_RESNEXT;
     memcpy(b->xin, x, (size_t)n * s->in_c * s->in_h * s->in_w * sizeof(float));
-    if (conv_forward(b, b->stem_conv, b->stem_c, b->xin, e))
+    /* The stem conv output is not kept: the backward pass recomputes it. Y
+     * holds the previous block's pre-activation output (the identity
+     * shortcut adds it); each block stores its ReLU as its input. */
+    if (conv_forward(b, b->stem_conv, b->A, b->xin, e) ||
+        bn_forward(b, b->stem_bn, b->Y, b->A, n, train, e))
         return -1;
-    /* Y[cur] holds the previous block's pre-activation output (resnet's
-     * identity shortcut adds it); blocks store its ReLU as their input. */
-    int cur = 0;
-    float *first_in = b->blk[0].in;
-    if (bn_forward(b, b->stem_bn, b->Y[cur], b->stem_c, n, train, e))
-        return -1;
-    k_relu(first_in, b->Y[cur], act_floats(n, m->stem_conv.cout, s->in_h, s->in_w));
+    k_relu(b->blk[0].in, b->Y, act_floats(n, m->stem_conv.cout, s->in_h, s->in_w));
     for (int i = 0; i < m->nblocks; i++) {
         Block *B = &b->blk[i];
         const BlockDesc *d = B->d;
@@ -1003,21 +1005,18 @@ static int cpu_forward(Backend *b, float *logits, const float *x, const float *a
                          s->shift);
                 scin = b->G;
             }
-            /* The conv output is not kept (the backward pass recomputes it):
-             * it passes through this block's output buffer, which k_combine
-             * fills only after the batch norm has read it. */
-            float *scc = b->Y[cur ^ 1];
-            if (conv_forward(b, B->sc_conv, scc, scin, e) ||
-                bn_forward(b, B->sc_bn, b->G, scc, n, train, e))
+            /* The conv output is not kept (the backward pass recomputes it);
+             * a projection block has no use for Y's old content. */
+            if (conv_forward(b, B->sc_conv, b->Y, scin, e) ||
+                bn_forward(b, B->sc_bn, b->G, b->Y, n, train, e))
                 return -1;
             sc = b->G;
         } else {
-            sc = post ? B->in : b->Y[cur];
+            sc = post ? B->in : b->Y;   /* k_combine may write Y over itself */
         }
         float *store = i + 1 < m->nblocks ? b->blk[i + 1].in : b->head_in;
-        k_combine(post ? NULL : b->Y[cur ^ 1], store, sc, b->A,
-                  train ? alpha + (size_t)i * n : NULL, n, d->cout, d->oh * d->ow);
-        cur ^= 1;
+        k_combine(post ? NULL : b->Y, store, sc, b->A, train ? alpha + (size_t)i * n : NULL, n,
+                  d->cout, d->oh * d->ow);
     }
     /* head: global average pool of the stored ReLU'd output, then fc */
     int C = m->fc_in, hw = m->feat_h * m->feat_w, cp = ceil16(C), K = s->classes;
@@ -1072,9 +1071,8 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
                 acc += dlogits[(size_t)i * K + k] * W[(size_t)k * C + c];
             b->dfeat[(size_t)i * C + c] = acc / hw;
         }
-    /* gradient at the last block's pre-activation output */
-    int gi = 0;
-    float *g = b->Y[gi];
+    /* the gradient at the last block's pre-activation output */
+    float *g = b->Y;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++)
         for (int c = 0; c < cp; c++)
@@ -1082,12 +1080,12 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
                 size_t o = bidx(i, c, p, cp, hw);
                 g[o] = c < C && b->head_in[o] > 0.0f ? b->dfeat[(size_t)i * C + c] : 0.0f;
             }
-
+    /* Each block turns the gradient in Y (gy, of its output) into the
+     * gradient of the previous block's output, in Y again. */
     for (int i = m->nblocks - 1; i >= 0; i--) {
         Block *B = &b->blk[i];
         const BlockDesc *d = B->d;
-        float *gy = b->Y[gi], *gx = b->Y[gi ^ 1];
-        float *Gb = b->G, *Ab = b->A;
+        float *gy = b->Y, *Gb = b->G, *Ab = b->A;
         k_split(Gb, gy, beta ? beta + (size_t)i * n : NULL, n, d->cout, d->oh * d->ow);
         for (int j = B->nconv - 1; j >= 0; j--) {
             if (bn_backward(b, B->bn[j], Gb, Gb, B->c[j], e))
@@ -1099,45 +1097,50 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
                 k_bn_relu(Ab, B->c[j - 1], prev, n);
                 src = Ab;
             }
-            if (conv_backward_weights(b, B->conv[j], src, Gb, e))
+            /* the recomputed input is dead after the weight gradient, so its
+             * buffer takes the data gradient; the roles then swap */
+            if (conv_backward_weights(b, B->conv[j], src, Gb, e) ||
+                conv_backward_data(b, B->conv[j], Ab, Gb, e))
                 return -1;
-            if (conv_backward_data(b, B->conv[j], j > 0 ? Ab : gx, Gb, e))
-                return -1;
-            if (j > 0) {
-                float *t = Gb;
-                Gb = Ab;
-                Ab = t;
-            }
+            float *t = Gb;
+            Gb = Ab;
+            Ab = t;
         }
+        /* Gb: dR, the gradient of the block input from both branches; Ab is free */
+        float *dR = Gb;
+        size_t count = act_floats(n, d->cin, d->ih, d->iw);
         if (d->proj) {
-            /* Recompute the shortcut conv output (into G), then its batch
-             * norm's gradient in place of gy: a projection block has no
-             * further use for gy. A holds the conv input, then its gradient. */
-            size_t count = act_floats(n, d->cin, d->ih, d->iw);
+            /* Recompute the shortcut conv output, then its batch norm's
+             * gradient in place of gy: a projection block has no further use
+             * for gy. Ab holds the conv input (resnet: the gathered one) and
+             * the recomputed output, then the input's gradient. */
             const float *scin = B->in;
+            float *scc = Ab;
             if (s->arch == ARCH_RESNET) {
-                k_gather(b->A, B->in, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride,
+                k_gather(Ab, B->in, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride,
                          s->shift);
-                scin = b->A;
+                scin = Ab;
+                scc = Ab + act_floats(n, 2 * d->cin, d->oh, d->ow);
             }
-            if (conv_forward(b, B->sc_conv, b->G, scin, e) ||
-                bn_backward(b, B->sc_bn, gy, gy, b->G, e) ||
+            if (conv_forward(b, B->sc_conv, scc, scin, e) ||
+                bn_backward(b, B->sc_bn, gy, gy, scc, e) ||
                 conv_backward_weights(b, B->sc_conv, scin, gy, e) ||
-                conv_backward_data(b, B->sc_conv, b->A, gy, e))
+                conv_backward_data(b, B->sc_conv, Ab, gy, e))
                 return -1;
             if (s->arch == ARCH_RESNET)
-                k_scatter(gx, b->A, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride, s->shift);
+                k_scatter(dR, Ab, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride, s->shift);
             else
-                k_add(gx, b->A, count);
-            k_mask(gx, NULL, B->in, gx, count, post);
+                k_add(dR, Ab, count);
+            k_mask(b->Y, NULL, B->in, dR, count, post);
         } else {
-            k_mask(gx, gy, B->in, gx, act_floats(n, d->cin, d->ih, d->iw), post);
+            k_mask(b->Y, gy, B->in, dR, count, post);
         }
-        gi ^= 1;
     }
-    /* stem: the gradient reaching its batch-norm output is in Y[gi] */
-    if (bn_backward(b, b->stem_bn, b->Y[gi], b->Y[gi], b->stem_c, e) ||
-        conv_backward_weights(b, b->stem_conv, b->xin, b->Y[gi], e))
+    /* stem: Y holds the gradient of its batch-norm output; its conv output
+     * is recomputed */
+    if (conv_forward(b, b->stem_conv, b->A, b->xin, e) ||
+        bn_backward(b, b->stem_bn, b->Y, b->Y, b->A, e) ||
+        conv_backward_weights(b, b->stem_conv, b->xin, b->Y, e))
         return -1;
     return 0;
 }
