@@ -393,6 +393,25 @@ static int synthetic_make(Dataset *d, int n, uint32_t split, uint64_t seed, Err 
     return 0;
 }
 
+const char *dataset_source(DatasetKind kind)
+{
+    switch (kind) {
+    case DS_CIFAR10:
+        return "the files of the CIFAR-10 binary version, "
+               "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+    case DS_CIFAR100:
+        return "the files of the CIFAR-100 binary version, "
+               "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz";
+    case DS_FASHION_MNIST:
+        return "the Fashion-MNIST IDX files (Debian: apt-get install dataset-fashion-mnist)";
+    case DS_MNIST:
+        return "the MNIST IDX files (train-images-idx3-ubyte[.gz] and the other three)";
+    case DS_SYNTHETIC:
+        break;
+    }
+    return "";
+}
+
 int dataset_load(Dataset *train, Dataset *test, DatasetKind kind, const char *dir,
                  uint64_t seed, Err *e)
 {

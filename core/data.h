@@ -33,6 +33,8 @@ int dataset_kind(const char *name);
 const char *dataset_name(DatasetKind kind);
 /* Where `sweep train` looks when data_dir is not given. */
 const char *dataset_default_dir(DatasetKind kind);
+/* What data_dir must hold, for error messages ("" for synthetic). */
+const char *dataset_source(DatasetKind kind);
 
 /*
  * Loads the training and test sets from dir (ignored for DS_SYNTHETIC, whose

@@ -119,8 +119,12 @@ static int run_setup(Run *r, const TrainConfig *cfg, Err *e)
     if (cfg->threads > 0)
         omp_set_num_threads(cfg->threads);
     const char *dir = cfg->data_dir[0] ? cfg->data_dir : dataset_default_dir(cfg->dataset);
-    if (dataset_load(&r->train, &r->test, cfg->dataset, dir, (uint64_t)cfg->subset_seed, e))
+    if (dataset_load(&r->train, &r->test, cfg->dataset, dir, (uint64_t)cfg->subset_seed, e)) {
+        size_t len = strlen(e->msg);
+        snprintf(e->msg + len, sizeof e->msg - len, " (data_dir=%s should hold %s)", dir,
+                 dataset_source(cfg->dataset));
         return -1;
+    }
     if (cfg->train_subset > 0 &&
         dataset_subset(&r->train, cfg->train_subset, (uint64_t)cfg->subset_seed, e))
         return err_wrap(e, "train_subset=%d", cfg->train_subset);
