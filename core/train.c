@@ -371,6 +371,19 @@ done:
     return status;
 }
 
+/* The resolved config a checkpoint was written with. */
+static int checkpoint_config(TrainConfig *cfg, const char *path, Err *e)
+{
+    CheckpointMeta meta = {0};
+    if (checkpoint_read_meta(path, &meta, e))
+        return -1;
+    config_defaults(cfg);
+    int rc = meta.config_json ? config_from_json(cfg, meta.config_json, e)
+                              : err_set(e, "%s has no config in its metadata", path);
+    checkpoint_meta_free(&meta);
+    return rc ? err_wrap(e, "%s", path) : 0;
+}
+
 /* Keys that may differ between a checkpoint and the run that resumes it. */
 static int resume_free_key(const char *k)
 {
@@ -385,16 +398,9 @@ static int resume_free_key(const char *k)
 int train_resume_config(TrainConfig *cfg, const char *path, char **assignments,
                         int n, Err *e)
 {
-    CheckpointMeta meta = {0};
-    if (checkpoint_read_meta(path, &meta, e))
-        return err_wrap(e, "resume %s", path);
     TrainConfig base;
-    config_defaults(&base);
-    int rc = meta.config_json ? config_from_json(&base, meta.config_json, e)
-                              : err_set(e, "%s has no config in its metadata", path);
-    checkpoint_meta_free(&meta);
-    if (rc)
-        return err_wrap(e, "resume %s", path);
+    if (checkpoint_config(&base, path, e))
+        return err_wrap(e, "resume");
     *cfg = base;
     for (int i = 0; i < n; i++)
         if (config_set(cfg, assignments[i], e))
@@ -418,16 +424,9 @@ int train_resume_config(TrainConfig *cfg, const char *path, char **assignments,
 int eval_checkpoint(const char *path, const char *data_dir, const char *backend,
                     int threads, EvalResult *res, Err *e)
 {
-    CheckpointMeta meta = {0};
-    if (checkpoint_read_meta(path, &meta, e))
-        return -1;
     TrainConfig cfg;
-    config_defaults(&cfg);
-    int rc = meta.config_json ? config_from_json(&cfg, meta.config_json, e)
-                              : err_set(e, "%s has no config in its metadata", path);
-    checkpoint_meta_free(&meta);
-    if (rc)
-        return err_wrap(e, "%s", path);
+    if (checkpoint_config(&cfg, path, e))
+        return -1;
     if (data_dir && data_dir[0])
         snprintf(cfg.data_dir, sizeof cfg.data_dir, "%s", data_dir);
     if (backend && backend[0])
@@ -435,12 +434,11 @@ int eval_checkpoint(const char *path, const char *data_dir, const char *backend,
     cfg.threads = threads;
     cfg.train_subset = 0; /* evaluation needs only the test split */
     Run run, *r = &run;
-    rc = -1;
+    int rc = -1;
     if (run_setup(r, &cfg, e))
         goto done;
-    if (checkpoint_load(path, &r->model, r->params, r->state, NULL, &meta, e))
+    if (checkpoint_load(path, &r->model, r->params, r->state, NULL, NULL, e))
         goto done;
-    checkpoint_meta_free(&meta);
     if (r->ops->load(r->be, r->params, r->state, NULL, e))
         goto done;
     rc = run_evaluate(r, res, e);

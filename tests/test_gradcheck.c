@@ -29,27 +29,6 @@ typedef struct {
     int *labels;
 } Net;
 
-/* Mean cross-entropy over the batch in double; dlogits (may be NULL) gets
- * its gradient, (softmax - onehot) / n. */
-static double xent(float *dlogits, const float *logits, const int *labels, int n, int classes)
-{
-    double total = 0.0;
-    for (int i = 0; i < n; i++) {
-        const float *z = logits + (size_t)i * classes;
-        double zmax = z[0], sum = 0.0;
-        for (int c = 1; c < classes; c++)
-            zmax = z[c] > zmax ? z[c] : zmax;
-        for (int c = 0; c < classes; c++)
-            sum += exp(z[c] - zmax);
-        const double lse = zmax + log(sum);
-        total += lse - z[labels[i]];
-        for (int c = 0; dlogits && c < classes; c++)
-            dlogits[(size_t)i * classes + c] =
-                (float)((exp(z[c] - lse) - (c == labels[i])) / n);
-    }
-    return total / n;
-}
-
 static float *alloc_f(size_t n)
 {
     float *p = calloc(n ? n : 1, sizeof(float));
@@ -116,7 +95,7 @@ static double net_loss(Net *t)
     Err e;
     assert_int_equal(backend_ref.load(t->be, t->params, t->state, NULL, &e), 0);
     assert_int_equal(backend_ref.forward(t->be, t->logits, t->x, t->alpha, t->n, 1, &e), 0);
-    return xent(NULL, t->logits, t->labels, t->n, t->m.spec.classes);
+    return tu_xent(NULL, t->logits, t->labels, t->n, t->m.spec.classes);
 }
 
 /* Forward and backward at the host's params in Keep mode; grads to t->grads. */
@@ -124,7 +103,7 @@ static double net_grads(Net *t)
 {
     Err e;
     net_loss(t);
-    const double loss = xent(t->dlogits, t->logits, t->labels, t->n, t->m.spec.classes);
+    const double loss = tu_xent(t->dlogits, t->logits, t->labels, t->n, t->m.spec.classes);
     assert_int_equal(backend_ref.backward(t->be, t->dlogits, t->alpha, t->n, &e), 0);
     assert_int_equal(backend_ref.store(t->be, NULL, NULL, NULL, t->grads, &e), 0);
     return loss;
@@ -454,7 +433,7 @@ static void test_store_load_update(void **state)
 
     /* a step from the loaded momentum (net_grads would reload it as zeros) */
     assert_int_equal(backend_ref.forward(t.be, t.logits, t.x, t.alpha, t.n, 1, &e), 0);
-    xent(t.dlogits, t.logits, t.labels, t.n, m->spec.classes);
+    tu_xent(t.dlogits, t.logits, t.labels, t.n, m->spec.classes);
     assert_int_equal(backend_ref.backward(t.be, t.dlogits, t.alpha, t.n, &e), 0);
     assert_int_equal(backend_ref.store(t.be, NULL, NULL, NULL, t.grads, &e), 0);
     assert_int_equal(backend_ref.update(t.be, 0.1f, 0.9f, 5e-4f, &e), 0);

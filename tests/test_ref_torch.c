@@ -68,25 +68,6 @@ static float *rd_floats(Reader *r, size_t n)
     return p;
 }
 
-/* Mean cross-entropy in double and its gradient (softmax - onehot) / n. */
-static double xent(float *dlogits, const float *logits, const int *labels, int n, int classes)
-{
-    double total = 0.0;
-    for (int i = 0; i < n; i++) {
-        const float *z = logits + (size_t)i * classes;
-        double zmax = z[0], sum = 0.0;
-        for (int c = 1; c < classes; c++)
-            zmax = z[c] > zmax ? z[c] : zmax;
-        for (int c = 0; c < classes; c++)
-            sum += exp(z[c] - zmax);
-        const double lse = zmax + log(sum);
-        total += lse - z[labels[i]];
-        for (int c = 0; c < classes; c++)
-            dlogits[(size_t)i * classes + c] = (float)((exp(z[c] - lse) - (c == labels[i])) / n);
-    }
-    return total / n;
-}
-
 static void check_fixture(const char *file)
 {
     char rel[256];
@@ -165,7 +146,7 @@ static void check_fixture(const char *file)
     float *logits = calloc(nl, sizeof(float)), *dlogits = calloc(nl, sizeof(float));
     assert_int_equal(backend_ref.forward(be, logits, x, alpha, n, 1, &e), 0);
     const double le = tu_rel_err(logits, logits_want, nl);
-    const double loss = xent(dlogits, logits, labels, n, spec.classes);
+    const double loss = tu_xent(dlogits, logits, labels, n, spec.classes);
     printf("  train logits rel err %.1e, loss %.7f vs %.7f\n", le, loss, loss_want);
     assert_true(le < LOGIT_TOL);
     assert_true(fabs(loss - loss_want) < LOSS_TOL);

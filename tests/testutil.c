@@ -64,6 +64,24 @@ double tu_rel_err(const float *a, const float *b, size_t n)
     return worst / scale;
 }
 
+double tu_xent(float *dlogits, const float *logits, const int *labels, int n, int classes)
+{
+    double total = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float *z = logits + (size_t)i * classes;
+        double zmax = z[0], sum = 0.0;
+        for (int c = 1; c < classes; c++)
+            zmax = z[c] > zmax ? z[c] : zmax;
+        for (int c = 0; c < classes; c++)
+            sum += exp(z[c] - zmax);
+        const double lse = zmax + log(sum);
+        total += lse - z[labels[i]];
+        for (int c = 0; dlogits && c < classes; c++)
+            dlogits[(size_t)i * classes + c] = (float)((exp(z[c] - lse) - (c == labels[i])) / n);
+    }
+    return total / n;
+}
+
 void tu_write_file(const char *path, const void *data, size_t len)
 {
     FILE *f = fopen(path, "wb");

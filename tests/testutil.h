@@ -24,6 +24,11 @@ void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
 double tu_rel_err(const float *a, const float *b, size_t n);
 double tu_max_abs(const float *a, size_t n);
 
+/* Mean softmax cross-entropy in double (for finite differences and
+ * reference checks) and, if dlogits is not NULL, its gradient
+ * (softmax - onehot) / n. */
+double tu_xent(float *dlogits, const float *logits, const int *labels, int n, int classes);
+
 /* Writes bytes to path; fails the test on error. */
 void tu_write_file(const char *path, const void *data, size_t len);
 /* Reads a whole file (caller frees); NULL if missing. */
