@@ -11,11 +11,9 @@
 
 #include "backend.h"
 #include "config.h"
+#include "provenance.h"
 #include "train.h"
 
-#ifndef SHAKE_BUILD_COMMIT
-#define SHAKE_BUILD_COMMIT "unknown"
-#endif
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
 
@@ -137,7 +135,8 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "eval") == 0)
         return cmd_eval(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0) {
-        printf("sweep (shakeshake) built from %s\n", SHAKE_BUILD_COMMIT);
+        printf("sweep (shakeshake) built from %s%s\n", shake_build_commit,
+               shake_build_dirty ? " with uncommitted changes" : "");
         return EXIT_OK;
     }
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
