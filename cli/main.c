@@ -3,6 +3,8 @@
  * subcommands; each returns an exit status and only main() exits.
  *   sweep train key=value ...      one training run (see `sweep train --help`)
  *   sweep eval checkpoint=PATH ... test error and loss of a checkpoint
+ *   sweep run / rerun / status / report / show / data: the orchestrator
+ *   (commands.h)
  */
 #include <signal.h>
 #include <stdio.h>
@@ -10,12 +12,12 @@
 #include <string.h>
 
 #include "backend.h"
+#include "commands.h"
 #include "config.h"
 #include "provenance.h"
 #include "train.h"
 
 
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
 
 static void on_signal(int sig)
 {
@@ -118,9 +120,20 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: sweep COMMAND [args]\n\n"
                "commands:\n"
+               "  run FILE.lua          run or resume a sweep: [--db PATH] [--jobs N | --gpus 0,1]\n"
+               "                        [--set key=value ...] [--dry-run]\n"
+               "  status                runs by state, running runs, failures [--sweep NAME]\n"
+               "  report                the sweep's table, mean +- sd over seeds beside the paper\n"
+               "                        [--sweep NAME] [--format text|markdown|csv|json]\n"
+               "                        [--commit SHA] [--curves DIR]\n"
+               "  rerun                 rerun failed/interrupted runs [--failed] [--interrupted]\n"
+               "                        [--done] [--cell key=value ...] [--sweep NAME] [--jobs N]\n"
+               "  show RUN              one run's provenance, config and epochs\n"
+               "  data fetch NAME       download cifar10 or cifar100 [--dir DIR]\n"
                "  train key=value ...   train one network (sweep train --help for keys)\n"
                "  eval checkpoint=PATH  test error and loss of a checkpoint\n"
-               "  version               the commit this binary was built from\n");
+               "  version               the commit this binary was built from\n"
+               "\nThe results store is results/sweep.db unless --db names another.\n");
 }
 
 int main(int argc, char **argv)
@@ -134,6 +147,15 @@ int main(int argc, char **argv)
         return cmd_train(argc - 2, argv + 2);
     if (strcmp(cmd, "eval") == 0)
         return cmd_eval(argc - 2, argv + 2);
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } orch[] = {{"run", cmd_run},       {"rerun", cmd_rerun},   {"status", cmd_status},
+                {"report", cmd_report}, {"show", cmd_show},     {"data", cmd_data},
+                {"exec-run", cmd_exec_run}};
+    for (size_t i = 0; i < sizeof orch / sizeof orch[0]; i++)
+        if (strcmp(cmd, orch[i].name) == 0)
+            return orch[i].fn(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0) {
         printf("sweep (shakeshake) built from %s%s\n", shake_build_commit,
                shake_build_dirty ? " with uncommitted changes" : "");

@@ -25,14 +25,25 @@ typedef struct {
                                  * files not ignored */
     char *repo_diff;            /* unified diff of HEAD against the work tree (tracked
                                  * changes, plus untracked files as additions); NULL if
-                                 * clean or no repository. Owned. */
+                                 * clean or no repository, "" if dirty with nothing to
+                                 * show (a staged change undone in the work tree). Owned,
+                                 * malloc'd; at most 64 MiB, then a truncation mark. */
 } Provenance;
 
-/* Reads the repository containing dir (searching upward). */
+/*
+ * Fills p (overwritten: it must not own a diff) with the build's fields and
+ * the repository containing dir (searching upward, as git does). dir must be
+ * an existing folder. Initialises and shuts down libgit2 itself (reference-
+ * counted, so safe beside a caller's own init). On failure returns -1 with a
+ * message ("git: <where>: <step>: <libgit2's reason>") and p owns nothing.
+ */
 int provenance_read(Provenance *p, const char *dir, Err *e);
+/* Frees repo_diff; safe on a zeroed Provenance and twice. */
 void provenance_free(Provenance *p);
 
-/* "abc1234" or "abc1234+dirty": the code version results are grouped by. */
+/* The build commit's first 12 hex digits, "+dirty" if the build tree was
+ * dirty ("0123456789ab+dirty"), or "unknown": the code version results are
+ * grouped by. */
 void provenance_code_version(const Provenance *p, char *buf, int len);
 
 #endif

@@ -59,15 +59,20 @@ typedef enum { REPORT_TEXT, REPORT_MARKDOWN, REPORT_CSV, REPORT_JSON } ReportFor
 /* "text", "markdown", "csv", "json"; -1 if unknown. */
 int report_format_parse(const char *name);
 
-/* Mean and sample standard deviation (n - 1) of x; sd = 0 when n < 2. */
+/* Mean and sample standard deviation (n - 1) of x; sd = 0 when n < 2, mean = 0 when n = 0. */
 void report_stats(const double *x, int n, double *mean, double *sd);
 
+/* 0, or -1 with a message (bad input, unknown format, a write error). */
 int report_render(FILE *out, const ReportInput *in, ReportFormat fmt, Err *e);
 
 /*
  * One plot per cell in dir (created if missing): test error against epoch,
  * one line per run (seed) of the runs the report shows, as
- * <dir>/<cell label as a file name>.svg and .png.
+ * <dir>/<cell label as a file name>.svg and .png. The file name keeps
+ * [A-Za-z0-9._-] and turns anything else, and a leading '.', into '_'
+ * ("a/b c" -> "a_b_c"); labels that clash get "_2", "_3"... in cell order.
+ * Cells without per-epoch data get no file. 0, or -1 with a message naming
+ * the path.
  */
 int report_curves(const char *dir, const ReportInput *in, Err *e);
 

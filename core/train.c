@@ -210,6 +210,11 @@ static void log_event(Run *r, json_t *obj)
 
 int train_run(const TrainConfig *cfg, FILE *progress, Err *e)
 {
+    return train_run_hooked(cfg, progress, NULL, e);
+}
+
+int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *hooks, Err *e)
+{
     Run run, *r = &run;
     int status = TRAIN_FAILED;
     if (run_setup(r, cfg, e))
@@ -328,8 +333,9 @@ int train_run(const TrainConfig *cfg, FILE *progress, Err *e)
         EpochStats s = {epoch + 1, cfg->epochs, step, lr,
                         seen ? loss_sum / seen : 0, seen ? (double)wrong / seen : 0,
                         ev.loss, ev.err, secs, seen / (secs > 0 ? secs : 1e-9)};
-        if (run_checkpoint(r, step, epoch + 1, e))
-            goto fail;
+        /* The epoch's numbers are recorded before its checkpoint: a run
+         * killed in between redoes the epoch from the previous checkpoint
+         * and records the same numbers again, instead of skipping them. */
         json_t *o = json_object();
         json_object_set_new(o, "event", json_string("epoch"));
         json_object_set_new(o, "epoch", json_integer(s.epoch));
@@ -342,6 +348,8 @@ int train_run(const TrainConfig *cfg, FILE *progress, Err *e)
         json_object_set_new(o, "seconds", json_real(s.seconds));
         json_object_set_new(o, "images_per_s", json_real(s.images_per_s));
         log_event(r, o);
+        if (hooks && hooks->on_epoch)
+            hooks->on_epoch(hooks->ctx, &s);
         if (progress) {
             fprintf(progress, "epoch %4d/%d  lr %.5f  train loss %.4f err %6.2f%%  "
                     "test loss %.4f err %6.2f%%  %7.1f s  %7.1f img/s\n", s.epoch, s.epochs,
@@ -349,6 +357,8 @@ int train_run(const TrainConfig *cfg, FILE *progress, Err *e)
                     s.seconds, s.images_per_s);
             fflush(progress);
         }
+        if (run_checkpoint(r, step, epoch + 1, e))
+            goto fail;
     }
     if (status == TRAIN_DONE) {
         json_t *o = json_object();

@@ -37,6 +37,16 @@ enum { TRAIN_FAILED = -1, TRAIN_DONE = 0, TRAIN_INTERRUPTED = 1, TRAIN_STOPPED =
  */
 int train_run(const TrainConfig *cfg, FILE *progress, Err *e);
 
+/* Called as a run goes, for callers that record it (the orchestrator). */
+typedef struct {
+    /* after each epoch's evaluation, before its checkpoint is written */
+    void (*on_epoch)(void *ctx, const EpochStats *s);
+    void *ctx;
+} TrainHooks;
+
+int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *hooks,
+                     Err *e);
+
 /*
  * The config to resume checkpoint `path` with: the checkpoint's own config,
  * then the assignments given (key=value). Keys that shape the trajectory

@@ -61,6 +61,15 @@ typedef struct {
     int nseg;
     Seg seg[MAX_SEGS];          /* params pieces, concatenated on out channels */
     dnnl_memory_desc_t w_plain; /* oihw or goihw */
+    /* Expanded: oneDNN's fast convs want channel counts (per group) that
+     * are multiples of 16 and otherwise fall back to its reference code,
+     * far slower than doing some zero work. An expanded conv runs as one
+     * dense conv over the padded channel counts (the blocked layout already
+     * holds the padding as zeros), its weights block-diagonal (one block per
+     * original group), zero elsewhere. */
+    int expand;
+    int orig_groups;            /* groups of the canonical weights */
+    int cin_p, cout_p;          /* channel counts oneDNN sees */
 } Conv;
 
 /* A batch norm over possibly concatenated branches (per-channel, so exact). */
@@ -128,6 +137,7 @@ struct Backend {
     float *Y, *A, *G;
     float *wplain, *dwplain;    /* one conv's weights, canonical */
     float *wblk;                /* one conv's weights, packed */
+    size_t wmax;                /* floats of the largest conv's canonical weights */
     size_t wblk_size;
     void *scratchpad;
     size_t scratchpad_size;
@@ -247,14 +257,14 @@ static int conv_plan_alg(Backend *b, ConvPlan *cp, const Conv *c, int n, dnnl_al
                          size_t *spad, size_t *wsize, Err *e)
 {
     dnnl_memory_desc_t src, dst, wany;
-    if (act_md(&src, n, c->cin, c->ih, c->iw, c->src_plain, e) ||
-        act_md(&dst, n, c->cout, c->oh, c->ow, 0, e))
+    if (act_md(&src, n, c->cin_p, c->ih, c->iw, c->src_plain, e) ||
+        act_md(&dst, n, c->cout_p, c->oh, c->ow, 0, e))
         return -1;
     if (c->groups > 1) {
-        dnnl_dims_t wd = {c->groups, c->cout / c->groups, c->cin / c->groups, c->k, c->k};
+        dnnl_dims_t wd = {c->groups, c->cout_p / c->groups, c->cin_p / c->groups, c->k, c->k};
         DN(dnnl_memory_desc_init_by_tag(&wany, 5, wd, dnnl_f32, dnnl_format_tag_any));
     } else {
-        dnnl_dims_t wd = {c->cout, c->cin, c->k, c->k};
+        dnnl_dims_t wd = {c->cout_p, c->cin_p, c->k, c->k};
         DN(dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_f32, dnnl_format_tag_any));
     }
     int pad = c->k / 2;
@@ -413,22 +423,41 @@ fail:
 
 /* ---- Layers --------------------------------------------------------------- */
 
-/* Gathers a conv's canonical weights (its segments) into b->wplain. */
-static void conv_gather(Backend *b, const Conv *c, const float *arena, float *plain)
+/* Copies a conv's weights between the arena (its segments) and plain, the
+ * layout oneDNN gets: the same bytes, or for an expanded conv the rows of a
+ * (cout_p, cin_p, k, k) matrix, each output channel's weights in its group's
+ * columns. to_plain: arena -> plain, else back. */
+static void conv_copy(const Conv *c, float *arena, float *plain, int to_plain)
 {
-    size_t at = 0;
-    for (int s = 0; s < c->nseg; s++) {
-        memcpy(plain + at, arena + c->seg[s].off, c->seg[s].count * sizeof(float));
-        at += c->seg[s].count;
+    if (!c->expand) {
+        size_t at = 0;
+        for (int s = 0; s < c->nseg; s++) {
+            float *a = arena + c->seg[s].off;
+            size_t bytes = c->seg[s].count * sizeof(float);
+            memcpy(to_plain ? plain + at : a, to_plain ? a : plain + at, bytes);
+            at += c->seg[s].count;
+        }
+        return;
     }
-    (void)b;
+    /* output channel o: row o % per_seg of segment o / per_seg, in group
+     * o / og, whose input channels are columns [group * ig, (group + 1) * ig) */
+    int og = c->cout / c->orig_groups, ig = c->cin / c->orig_groups, kk = c->k * c->k;
+    int per_seg = c->cout / c->nseg;
+    size_t bytes = (size_t)ig * kk * sizeof(float);
+    if (to_plain)
+        memset(plain, 0, (size_t)c->cout_p * c->cin_p * kk * sizeof(float));
+    for (int o = 0; o < c->cout; o++) {
+        float *w = arena + c->seg[o / per_seg].off + (size_t)(o % per_seg) * ig * kk;
+        float *row = plain + ((size_t)o * c->cin_p + (size_t)(o / og) * ig) * kk;
+        memcpy(to_plain ? row : w, to_plain ? w : row, bytes);
+    }
 }
 
 static int conv_forward(Backend *b, int ci, float *dst, const float *src, Err *e)
 {
     const Conv *c = &b->conv[ci];
     ConvPlan *cp = &b->cur->conv[ci];
-    conv_gather(b, c, b->params, b->wplain);
+    conv_copy(c, b->params, b->wplain, 1);
     Arg re[] = {{DNNL_ARG_FROM, b->wplain}, {DNNL_ARG_TO, b->wblk}};
     if (run_prim(b, cp->re_fwd_pd, cp->re_fwd, re, 2, e))
         return -1;
@@ -448,11 +477,7 @@ static int conv_backward_weights(Backend *b, int ci, const float *src, const flo
     Arg re[] = {{DNNL_ARG_FROM, b->wblk}, {DNNL_ARG_TO, b->dwplain}};
     if (run_prim(b, cp->re_dw_pd, cp->re_dw, re, 2, e))
         return -1;
-    size_t at = 0;
-    for (int s = 0; s < c->nseg; s++) {
-        memcpy(b->grads + c->seg[s].off, b->dwplain + at, c->seg[s].count * sizeof(float));
-        at += c->seg[s].count;
-    }
+    conv_copy(c, b->grads, b->dwplain, 0);
     return 0;
 }
 
@@ -461,7 +486,7 @@ static int conv_backward_data(Backend *b, int ci, float *dx, const float *dy, Er
 {
     const Conv *c = &b->conv[ci];
     ConvPlan *cp = &b->cur->conv[ci];
-    conv_gather(b, c, b->params, b->wplain);
+    conv_copy(c, b->params, b->wplain, 1);
     Arg re[] = {{DNNL_ARG_FROM, b->wplain}, {DNNL_ARG_TO, b->wblk}};
     if (run_prim(b, cp->re_bwd_pd, cp->re_bwd, re, 2, e))
         return -1;
@@ -728,7 +753,7 @@ static void k_scatter(float *dR, const float *dP, int n, int cin, int ih, int iw
 /* ---- The network ------------------------------------------------------- */
 
 static int add_conv(Backend *b, const ConvDesc *d, int cin, int cout, int groups,
-                    const ConvDesc *second, Err *e)
+                    const ConvDesc *second, int src_plain, Err *e)
 {
     Conv *c = &b->conv[b->nconv];
     c->cin = cin;
@@ -740,16 +765,28 @@ static int add_conv(Backend *b, const ConvDesc *d, int cin, int cout, int groups
     c->iw = d->iw;
     c->oh = d->oh;
     c->ow = d->ow;
+    c->src_plain = src_plain;
     size_t each = (size_t)d->cout * (d->cin / d->groups) * d->k * d->k;
     c->seg[0] = (Seg){d->w, each};
     c->nseg = 1;
     if (second)
         c->seg[c->nseg++] = (Seg){second->w, each};
+    c->orig_groups = groups;
+    c->cin_p = cin;
+    c->cout_p = cout;
+    if ((groups > 1 && ((cin / groups) % 16 || (cout / groups) % 16)) ||
+        (groups == 1 && !src_plain && (cin % 16 || cout % 16))) {
+        c->expand = 1;
+        c->groups = groups = 1;
+        c->cin_p = (cin + 15) / 16 * 16;
+        c->cout_p = (cout + 15) / 16 * 16;
+    }
+    need(&b->wmax, (size_t)c->cout_p * (c->cin_p / groups) * c->k * c->k);
     if (groups > 1) {
         dnnl_dims_t wd = {groups, cout / groups, cin / groups, c->k, c->k};
         DN(dnnl_memory_desc_init_by_tag(&c->w_plain, 5, wd, dnnl_f32, dnnl_goihw));
     } else {
-        dnnl_dims_t wd = {cout, cin, c->k, c->k};
+        dnnl_dims_t wd = {c->cout_p, c->cin_p, c->k, c->k};
         DN(dnnl_memory_desc_init_by_tag(&c->w_plain, 4, wd, dnnl_f32, dnnl_oihw));
     }
     return b->nconv++;
@@ -826,18 +863,16 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
     if (m->nblocks > 3 * 64)
         return err_set(e, "cpu backend supports at most 64 blocks per stage");
 
-    size_t narrow = 0, wide = 0, wmax = 0;
-    b->stem_conv = add_conv(b, &m->stem_conv, s->in_c, m->stem_conv.cout, 1, NULL, e);
+    size_t narrow = 0, wide = 0;
+    b->stem_conv = add_conv(b, &m->stem_conv, s->in_c, m->stem_conv.cout, 1, NULL, 1, e);
     if (b->stem_conv < 0)
         return -1;
-    b->conv[b->stem_conv].src_plain = 1;
     b->conv[b->stem_conv].no_bwd_data = 1;
     b->stem_bn = add_bn(b, &m->stem_bn, NULL, s->in_h, s->in_w, 0, e);
     if (b->stem_bn < 0)
         return -1;
     need(&narrow, act_floats(N, m->stem_conv.cout, s->in_h, s->in_w));
     need(&wide, act_floats(N, m->stem_conv.cout, s->in_h, s->in_w));
-    need(&wmax, (size_t)m->stem_conv.cout * s->in_c * 9);
 
     b->blk = calloc((size_t)m->nblocks, sizeof *b->blk);
     if (!b->blk)
@@ -853,7 +888,7 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
             const ConvDesc *c0 = &d->conv[0][j];
             int groups = j == 0 ? 1 : 2 * c0->groups;
             B->ch[j] = 2 * c0->cout;
-            B->conv[j] = add_conv(b, c0, cin, B->ch[j], groups, &d->conv[1][j], e);
+            B->conv[j] = add_conv(b, c0, cin, B->ch[j], groups, &d->conv[1][j], 0, e);
             B->bn[j] = add_bn(b, &d->bn[0][j], &d->bn[1][j], c0->oh, c0->ow,
                               j < d->nconv - 1, e);
             if (B->conv[j] < 0 || B->bn[j] < 0)
@@ -862,24 +897,22 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
                                       "stored activations", e)))
                 return -1;
             need(&wide, act_floats(N, B->ch[j], c0->oh, c0->ow));
-            need(&wmax, (size_t)B->ch[j] * (cin / groups) * c0->k * c0->k);
             cin = B->ch[j];
         }
         if (d->proj) {
             if (m->spec.arch == ARCH_RESNET) {
-                B->sc_conv = add_conv(b, &d->sc[0], 2 * d->cin, d->cout, 2, &d->sc[1], e);
+                B->sc_conv = add_conv(b, &d->sc[0], 2 * d->cin, d->cout, 2, &d->sc[1], 0, e);
                 /* the backward pass holds the gathered input and the
                  * recomputed conv output side by side */
                 need(&wide, act_floats(N, 2 * d->cin, d->oh, d->ow) +
                                 act_floats(N, d->cout, d->oh, d->ow));
             } else {
-                B->sc_conv = add_conv(b, &d->sc[0], d->cin, d->cout, 1, NULL, e);
+                B->sc_conv = add_conv(b, &d->sc[0], d->cin, d->cout, 1, NULL, 0, e);
             }
             B->sc_bn = add_bn(b, &d->sc_bn, NULL, d->oh, d->ow, 0, e);
             if (B->sc_conv < 0 || B->sc_bn < 0)
                 return -1;
             need(&wide, act_floats(N, d->cout, d->oh, d->ow));
-            need(&wmax, (size_t)d->cout * d->cin * 2);
         }
         if (!(B->in = mem_alloc(act_floats(N, d->cin, d->ih, d->iw) * sizeof(float),
                                 "stored activations", e)))
@@ -896,8 +929,8 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
         !(b->Y = mem_alloc(narrow * sizeof(float), "scratch", e)) ||
         !(b->A = mem_alloc(wide * sizeof(float), "scratch", e)) ||
         !(b->G = mem_alloc(wide * sizeof(float), "scratch", e)) ||
-        !(b->wplain = mem_alloc(wmax * sizeof(float), "weights", e)) ||
-        !(b->dwplain = mem_alloc(wmax * sizeof(float), "weights", e)) ||
+        !(b->wplain = mem_alloc(b->wmax * sizeof(float), "weights", e)) ||
+        !(b->dwplain = mem_alloc(b->wmax * sizeof(float), "weights", e)) ||
         !(b->params = mem_alloc(m->nparams * sizeof(float), "parameters", e)) ||
         !(b->grads = mem_alloc(m->nparams * sizeof(float), "gradients", e)) ||
         !(b->mom = mem_alloc(m->nparams * sizeof(float), "momentum", e)) ||
