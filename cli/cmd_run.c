@@ -161,7 +161,10 @@ static int spawn(Sched *S, int64_t run_id, Err *e)
     if (store_get_run(S->st, run_id, &r, e))
         return -1;
     char log[PATH_MAX + 16], runarg[32], thr[32];
-    mkdir(r.run_dir, 0777);
+    if (mkdir_p(r.run_dir, e)) {
+        run_rec_free(&r);
+        return -1;
+    }
     snprintf(log, sizeof log, "%s/output.log", r.run_dir);
     snprintf(runarg, sizeof runarg, "%lld", (long long)run_id);
     snprintf(thr, sizeof thr, "%d", S->threads);

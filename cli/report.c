@@ -1286,34 +1286,6 @@ static void safe_name(char *out, size_t cap, const char *label)
         snprintf(out, cap, "cell");
 }
 
-static int mkdir_p(const char *dir, Err *e)
-{
-    if (!dir || !dir[0])
-        return err_set(e, "curves: no folder given");
-    char *p = strdup(dir);
-    if (!p)
-        return err_set(e, "curves: out of memory");
-    for (char *s = p + 1;; s++) {
-        int end = *s == '\0';
-        if (*s == '/' || end) {
-            *s = '\0';
-            if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-                err_set(e, "curves: cannot create folder %s: %s", p, strerror(errno));
-                free(p);
-                return -1;
-            }
-            if (end)
-                break;
-            *s = '/';
-        }
-    }
-    free(p);
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return err_set(e, "curves: %s is not a folder", dir);
-    return 0;
-}
-
 static int write_plot(const char *dir, const char *name, const CellView *v, Err *e)
 {
     char *path = NULL;
@@ -1373,7 +1345,9 @@ int report_curves(const char *dir, const ReportInput *in, Err *e)
         rc = err_set(e, "curves: out of memory");
         goto done;
     }
-    if (mkdir_p(dir, e)) {
+    if (!dir || !dir[0] || mkdir_p(dir, e)) {
+        if (!dir || !dir[0])
+            err_set(e, "curves: no folder given");
         rc = -1;
         goto done;
     }

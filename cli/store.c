@@ -196,23 +196,6 @@ fail:
     return -1;
 }
 
-static int mkdirs(const char *path, Err *e)
-{
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-        return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
-    return 0;
-}
-
 int store_open(Store **out, const char *path, Err *e)
 {
     *out = NULL;
@@ -222,7 +205,7 @@ int store_open(Store **out, const char *path, Err *e)
     snprintf(st->path, sizeof st->path, "%s", path);
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s", path);
-    if (mkdirs(dirname(dir), e))
+    if (mkdir_p(dirname(dir), e))
         goto fail;
     if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK) {
@@ -449,7 +432,7 @@ int store_put_sweep(Store *st, const Sweep *sw, const char *runs_root, int64_t *
 {
     *created = 0;
     char root[PATH_MAX];
-    if (mkdirs(runs_root, e))
+    if (mkdir_p(runs_root, e))
         return -1;
     if (!realpath(runs_root, root))
         return err_set(e, "%s: %s", runs_root, strerror(errno));

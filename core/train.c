@@ -58,24 +58,6 @@ double softmax_xent(float *dlogits, int *correct, const float *logits,
     return total / n;
 }
 
-/* mkdir -p for the run folder. */
-static int make_dirs(const char *path, Err *e)
-{
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-        return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
-    return 0;
-}
-
 typedef struct {
     const TrainConfig *cfg;
     Dataset train, test;
@@ -220,7 +202,7 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
     if (run_setup(r, cfg, e))
         goto done;
     const Model *m = &r->model;
-    if (make_dirs(cfg->out, e))
+    if (mkdir_p(cfg->out, e))
         goto done;
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/checkpoint.safetensors", cfg->out);
 

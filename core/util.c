@@ -5,7 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <limits.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 
 int err_set(Err *e, const char *fmt, ...)
@@ -55,6 +58,24 @@ void *mem_alloc(size_t bytes, const char *what, Err *e)
 void mem_free(void *p)
 {
     free(p);
+}
+
+int mkdir_p(const char *path, Err *e)
+{
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return err_set(e, "folder name too long: %.200s...", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return err_set(e, "cannot create folder %s: %s", buf, strerror(errno));
+    return 0;
 }
 
 double time_now(void)

@@ -22,6 +22,9 @@ int err_wrap(Err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 void *mem_alloc(size_t bytes, const char *what, Err *e);
 void mem_free(void *p);
 
+/* Creates a folder and its missing parents (mkdir -p). */
+int mkdir_p(const char *path, Err *e);
+
 double time_now(void);          /* monotonic seconds */
 size_t peak_rss_bytes(void);    /* this process's peak resident set */
 
