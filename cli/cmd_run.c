@@ -592,8 +592,16 @@ static void print_plan(const Sweep *sw, Store *st, int64_t sweep_id)
         printf("  %-40.40s %-8d %5d %5d %5d  %s\n", c->label, c->repeats, done, todo, failed,
                ref);
     }
-    printf("%d runs done, %d to run; about %.3g PFLOP of training and evaluation to do\n",
-           done_total, todo_total, 2.0 * macs_todo / 1e15);
+    static const char *const units[] = {"", "k", "M", "G", "T", "P", "E", "Z"};
+    double flop = 2.0 * macs_todo;
+    int u = 0;
+    while (flop >= 1000 && u < 7) {
+        flop /= 1000;
+        u++;
+    }
+    printf("%d runs done, %d to run: about %.3g %sFLOP of training and evaluation "
+           "(at 10 TFLOP/s sustained, %.3g hours)\n", done_total, todo_total, flop, units[u],
+           2.0 * macs_todo / 1e13 / 3600);
     run_recs_free(runs, n);
 }
 
