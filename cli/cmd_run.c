@@ -485,18 +485,16 @@ static int parse_opts(Opts *o, int argc, char **argv, const char *cmd, int want_
         } else if (strcmp(a, "--gpus") == 0) {
             if (want_value(argc, argv, &i, &o->gpus, cmd))
                 return -1;
-        } else if (strcmp(a, "--set") == 0) {
+        } else if (strcmp(a, "--set") == 0 || strcmp(a, "--cell") == 0) {
+            int set = strcmp(a, "--set") == 0;
+            int *count = set ? &o->nsets : &o->ncells;
             if (want_value(argc, argv, &i, &v, cmd))
                 return -1;
-            if (o->nsets == 64)
+            if (*count == 64) {
+                fprintf(stderr, "sweep %s: more than 64 %s options\n", cmd, a);
                 return -1;
-            o->sets[o->nsets++] = (char *)v;
-        } else if (strcmp(a, "--cell") == 0) {
-            if (want_value(argc, argv, &i, &v, cmd))
-                return -1;
-            if (o->ncells == 64)
-                return -1;
-            o->cells[o->ncells++] = (char *)v;
+            }
+            (set ? o->sets : o->cells)[(*count)++] = (char *)v;
         } else if (strcmp(a, "--sweep") == 0) {
             if (want_value(argc, argv, &i, &o->sweep, cmd))
                 return -1;

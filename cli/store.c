@@ -98,6 +98,21 @@ static int begin(Store *st, Err *e) { return exec_sql(st, "BEGIN IMMEDIATE", e);
 static int commit(Store *st, Err *e) { return exec_sql(st, "COMMIT", e); }
 static void rollback(Store *st) { sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL); }
 
+/* Makes room for element n of a growing array (NULL and *arr kept on
+ * failure). */
+static int grow(void **arr, int *cap, int n, size_t size, Err *e)
+{
+    if (n < *cap)
+        return 0;
+    int want = *cap ? 2 * *cap : 16;
+    void *p = realloc(*arr, (size_t)want * size);
+    if (!p)
+        return err_set(e, "out of memory reading the results store");
+    *arr = p;
+    *cap = want;
+    return 0;
+}
+
 static char *col_text(Stmt *q, int c)
 {
     const unsigned char *t = sqlite3_column_text(q->s, c);
@@ -515,9 +530,9 @@ int store_list_sweeps(Store *st, SweepRec **out, int *n, Err *e)
         return -1;
     int rc, cap = 0;
     while ((rc = step(&q, e)) == 1) {
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 8;
-            *out = realloc(*out, (size_t)cap * sizeof **out);
+        if (grow((void **)out, &cap, *n, sizeof **out, e)) {
+            rc = -1;
+            break;
         }
         SweepRec *s = &(*out)[(*n)++];
         s->id = sqlite3_column_int64(q.s, 0);
@@ -555,9 +570,9 @@ static int distinct_labels(Store *st, int64_t sweep_id, const char *sql, char **
     bind_i(&q, 1, sweep_id);
     int rc, cap = 0;
     while ((rc = step(&q, e)) == 1) {
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 8;
-            *out = realloc(*out, (size_t)cap * sizeof **out);
+        if (grow((void **)out, &cap, *n, sizeof **out, e)) {
+            rc = -1;
+            break;
         }
         (*out)[(*n)++] = col_text(&q, 0);
     }
@@ -588,9 +603,9 @@ int store_cells(Store *st, int64_t sweep_id, CellRec **out, int *n, Err *e)
     bind_i(&q, 1, sweep_id);
     int rc, cap = 0;
     while ((rc = step(&q, e)) == 1) {
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 16;
-            *out = realloc(*out, (size_t)cap * sizeof **out);
+        if (grow((void **)out, &cap, *n, sizeof **out, e)) {
+            rc = -1;
+            break;
         }
         CellRec *c = &(*out)[(*n)++];
         c->id = sqlite3_column_int64(q.s, 0);
@@ -692,9 +707,9 @@ int store_runs(Store *st, int64_t sweep_id, int64_t cell_id, RunRec **out, int *
     bind_i(&q, 2, cell_id);
     int rc, cap = 0;
     while ((rc = step(&q, e)) == 1) {
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 32;
-            *out = realloc(*out, (size_t)cap * sizeof **out);
+        if (grow((void **)out, &cap, *n, sizeof **out, e)) {
+            rc = -1;
+            break;
         }
         read_run(&q, &(*out)[(*n)++]);
     }
@@ -728,9 +743,9 @@ int store_epochs(Store *st, int64_t run_id, EpochRec **out, int *n, Err *e)
     bind_i(&q, 1, run_id);
     int rc, cap = 0;
     while ((rc = step(&q, e)) == 1) {
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 64;
-            *out = realloc(*out, (size_t)cap * sizeof **out);
+        if (grow((void **)out, &cap, *n, sizeof **out, e)) {
+            rc = -1;
+            break;
         }
         EpochRec *r = &(*out)[(*n)++];
         r->epoch = sqlite3_column_int(q.s, 0);
