@@ -228,7 +228,7 @@ int cmd_show(int argc, char **argv)
     printf("started     %s   ended %s\n", t1, t2);
     printf("where       host %s, pid %d, backend %s\n", r.host ? r.host : "-", r.pid,
            r.backend ? r.backend : "-");
-    printf("folder      %s\n", r.run_dir);
+    printf("folder      %s (checkpoint.safetensors, log.jsonl, output.log)\n", r.run_dir);
     printf("code        %s (binary built from %s%s)\n", r.code ? r.code : "-",
            r.build_commit ? r.build_commit : "-", r.build_dirty ? " with uncommitted changes" : "");
     printf("repository  %s %s, branch %s, commit %s%s\n", r.repo_state ? r.repo_state : "-",

@@ -1,0 +1,306 @@
+/*
+ * The results store through its API: schema versions (a newer store is
+ * refused), idempotent planning (no duplicate runs; new repeats add runs;
+ * cells that leave the file keep their runs), claims from two connections
+ * never hand out a run twice, dead processes and silent hosts are found,
+ * redone epochs replace old ones, reruns, and a resumed run on other code
+ * becomes "mixed" so it is never averaged with either version.
+ */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store.h"
+#include "sweepfile.h"
+
+static char *dir;
+
+static int setup(void **s)
+{
+    (void)s;
+    dir = tu_tempdir("store");
+    return 0;
+}
+
+static int teardown(void **s)
+{
+    (void)s;
+    tu_rmtree(dir);
+    free(dir);
+    return 0;
+}
+
+static void load(Sweep *sw, const char *name, const char *cells, int repeats)
+{
+    char *path, *text;
+    assert_true(asprintf(&path, "%s/%s.lua", dir, name) > 0);
+    assert_true(asprintf(&text, "return {name = '%s', base = {dataset = 'synthetic', depth = 8, "
+                                "width = 16, epochs = 3}, cells = {%s}, repeats = %d}\n",
+                         name, cells, repeats) > 0);
+    tu_write_file(path, text, strlen(text));
+    Err e = {{0}};
+    if (sweep_load(sw, path, NULL, 0, &e))
+        fail_msg("%s", e.msg);
+    free(path);
+    free(text);
+}
+
+static Store *open_db(const char *name)
+{
+    char *path;
+    assert_true(asprintf(&path, "%s/%s", dir, name) > 0);
+    Store *st;
+    Err e = {{0}};
+    if (store_open(&st, path, &e))
+        fail_msg("%s", e.msg);
+    free(path);
+    return st;
+}
+
+static void exec_sql(const char *db, const char *sql)
+{
+    char *path;
+    assert_true(asprintf(&path, "%s/%s", dir, db) > 0);
+    sqlite3 *h;
+    assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+    sqlite3_busy_timeout(h, 10000);
+    char *msg = NULL;
+    if (sqlite3_exec(h, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+    sqlite3_close(h);
+    free(path);
+}
+
+static int64_t plan(Store *st, const Sweep *sw, int *created)
+{
+    int64_t id, cells[16];
+    Err e = {{0}};
+    char *root;
+    assert_true(asprintf(&root, "%s/runs", dir) > 0);
+    if (store_put_sweep(st, sw, root, &id, cells, created, &e))
+        fail_msg("%s", e.msg);
+    free(root);
+    return id;
+}
+
+static void test_schema_versions(void **s)
+{
+    (void)s;
+    Store *st = open_db("v.db");
+    store_close(st);
+    st = open_db("v.db"); /* reopening migrates nothing and works */
+    store_close(st);
+    exec_sql("v.db", "PRAGMA user_version = 99");
+    char *path;
+    assert_true(asprintf(&path, "%s/v.db", dir) > 0);
+    Err e = {{0}};
+    assert_int_equal(store_open(&st, path, &e), -1);
+    assert_non_null(strstr(e.msg, "newer"));
+    free(path);
+}
+
+static void test_planning_is_idempotent(void **s)
+{
+    (void)s;
+    Store *st = open_db("plan.db");
+    Sweep sw;
+    load(&sw, "p", "{forward = 'even'}, {forward = 'shake'}", 2);
+    int created;
+    int64_t id = plan(st, &sw, &created);
+    assert_int_equal(created, 4);
+    assert_int_equal(plan(st, &sw, &created), id);
+    assert_int_equal(created, 0);                       /* nothing twice */
+    sweep_free(&sw);
+    load(&sw, "p", "{forward = 'even'}, {forward = 'shake'}", 3);
+    plan(st, &sw, &created);
+    assert_int_equal(created, 2);                       /* a third seed per cell */
+    sweep_free(&sw);
+    load(&sw, "p", "{forward = 'shake'}", 3);          /* a cell left the file */
+    plan(st, &sw, &created);
+    assert_int_equal(created, 0);
+    CellRec *cells;
+    RunRec *runs;
+    int nc, nr;
+    Err e = {{0}};
+    assert_int_equal(store_cells(st, id, &cells, &nc, &e), 0);
+    assert_int_equal(nc, 1);                            /* out of the layout */
+    assert_int_equal(store_runs(st, id, 0, &runs, &nr, &e), 0);
+    assert_int_equal(nr, 6);                            /* but its runs stay */
+    for (int i = 0; i < nr; i++) {
+        assert_int_equal(runs[i].state, RUN_PENDING);
+        assert_int_equal(runs[i].seed, 1 + runs[i].repeat);
+        assert_int_equal(runs[i].epochs_total, 3);
+        assert_non_null(strstr(runs[i].config_json, runs[i].run_dir));
+    }
+    cell_recs_free(cells, nc);
+    run_recs_free(runs, nr);
+    sweep_free(&sw);
+    store_close(st);
+}
+
+static void test_claims_never_twice(void **s)
+{
+    (void)s;
+    Store *a = open_db("claim.db"), *b = open_db("claim.db");
+    Sweep sw;
+    load(&sw, "c", "{forward = 'even'}, {forward = 'shake'}, {backward = 'even'}", 2);
+    int created;
+    int64_t id = plan(a, &sw, &created);
+    int64_t got[8];
+    int n = 0;
+    Err e = {{0}};
+    for (int i = 0; i < 8; i++) {
+        int64_t run;
+        assert_int_equal(store_claim(i % 2 ? a : b, id, NULL, 0, 5, &run, &e), 0);
+        if (!run)
+            break;
+        for (int k = 0; k < n; k++)
+            assert_true(got[k] != run);
+        got[n++] = run;
+    }
+    assert_int_equal(n, 6);
+    RunRec r;
+    assert_int_equal(store_get_run(a, got[0], &r, &e), 0);
+    assert_int_equal(r.state, RUN_RUNNING);
+    assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.pid, getpid());
+    run_rec_free(&r);
+    /* `only` restricts the claim */
+    assert_int_equal(store_set_state(a, got[3], RUN_INTERRUPTED, "test", &e), 0);
+    assert_int_equal(store_set_state(a, got[4], RUN_INTERRUPTED, "test", &e), 0);
+    int64_t run;
+    assert_int_equal(store_claim(a, id, &got[4], 1, 5, &run, &e), 0);
+    assert_int_equal(run, got[4]);
+    /* the attempt limit holds */
+    assert_int_equal(store_claim(a, id, NULL, 0, 1, &run, &e), 0);
+    assert_int_equal(run, 0);
+    sweep_free(&sw);
+    store_close(a);
+    store_close(b);
+}
+
+static void test_recover_dead_and_silent(void **s)
+{
+    (void)s;
+    Store *st = open_db("rec.db");
+    Sweep sw;
+    load(&sw, "r", "{forward = 'even'}, {forward = 'shake'}, {backward = 'even'}", 1);
+    int created;
+    int64_t id = plan(st, &sw, &created), runs[3];
+    Err e = {{0}};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(store_claim(st, id, NULL, 0, 5, &runs[i], &e), 0);
+    /* run 0: a process that has exited */
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    waitpid(child, NULL, 0);
+    char sql[512];
+    snprintf(sql, sizeof sql, "UPDATE runs SET pid = %d WHERE id = %lld", (int)child,
+             (long long)runs[0]);
+    exec_sql("rec.db", sql);
+    /* run 1: on another host, silent for an hour; run 2: this process, alive */
+    snprintf(sql, sizeof sql, "UPDATE runs SET host = 'elsewhere', heartbeat = %f WHERE id = %lld",
+             (double)time(NULL) - 3600, (long long)runs[1]);
+    exec_sql("rec.db", sql);
+    int n;
+    assert_int_equal(store_recover(st, id, 600, &n, &e), 0);
+    assert_int_equal(n, 2);
+    RunRec r;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(store_get_run(st, runs[i], &r, &e), 0);
+        assert_int_equal(r.state, i < 2 ? RUN_INTERRUPTED : RUN_RUNNING);
+        if (i < 2)
+            assert_non_null(r.failure);
+        run_rec_free(&r);
+    }
+    sweep_free(&sw);
+    store_close(st);
+}
+
+static void test_epochs_results_and_reruns(void **s)
+{
+    (void)s;
+    Store *st = open_db("ep.db");
+    Sweep sw;
+    load(&sw, "e", "{forward = 'even'}", 1);
+    int created;
+    int64_t id = plan(st, &sw, &created), run;
+    Err e = {{0}};
+    assert_int_equal(store_claim(st, id, NULL, 0, 5, &run, &e), 0);
+    Provenance p = {0};
+    snprintf(p.build_commit, sizeof p.build_commit, "0123456789abcdef0123");
+    snprintf(p.repo_state, sizeof p.repo_state, "none");
+    assert_int_equal(store_run_started(st, run, getpid(), "cpu", "cpu", &p, &e), 0);
+    for (int ep = 1; ep <= 3; ep++) {
+        EpochStats es = {ep, 3, ep * 10, 0.1, 1.0, 0.5, 0.9, 0.25 + ep, 2.0, 100.0};
+        assert_int_equal(store_run_epoch(st, run, &es, &e), 0);
+    }
+    /* a redone epoch 2 replaces 2 and drops 3 */
+    EpochStats redo = {2, 3, 20, 0.1, 1.0, 0.5, 0.9, 0.125, 2.0, 100.0};
+    assert_int_equal(store_run_epoch(st, run, &redo, &e), 0);
+    EpochRec *ep;
+    int n;
+    assert_int_equal(store_epochs(st, run, &ep, &n, &e), 0);
+    assert_int_equal(n, 2);
+    assert_true(ep[1].test_err == 12.5);               /* percent */
+    free(ep);
+    assert_int_equal(store_run_ended(st, run, RUN_DONE, NULL, 1, 12.5, 0.9, &e), 0);
+    RunRec r;
+    assert_int_equal(store_get_run(st, run, &r, &e), 0);
+    assert_int_equal(r.state, RUN_DONE);
+    assert_string_equal(r.code, "0123456789ab");
+    assert_true(r.has_result && r.test_err == 12.5);
+    run_rec_free(&r);
+    /* rerun of a done run: a new run; the old one stays */
+    char *root;
+    assert_true(asprintf(&root, "%s/runs", dir) > 0);
+    int64_t again;
+    assert_int_equal(store_requeue(st, run, root, &again, &e), 0);
+    assert_true(again != run);
+    assert_int_equal(store_get_run(st, again, &r, &e), 0);
+    assert_int_equal(r.state, RUN_PENDING);
+    run_rec_free(&r);
+    /* a resumed attempt on other code makes the run "mixed" */
+    assert_int_equal(store_claim(st, id, NULL, 0, 5, &run, &e), 0);
+    assert_int_equal(run, again);
+    assert_int_equal(store_run_started(st, run, getpid(), "cpu", "cpu", &p, &e), 0);
+    assert_int_equal(store_run_ended(st, run, RUN_INTERRUPTED, "test", 0, 0, 0, &e), 0);
+    assert_int_equal(store_claim(st, id, NULL, 0, 5, &run, &e), 0);
+    snprintf(p.build_commit, sizeof p.build_commit, "fedcba9876543210fedc");
+    assert_int_equal(store_run_started(st, run, getpid(), "cpu", "cpu", &p, &e), 0);
+    assert_int_equal(store_get_run(st, run, &r, &e), 0);
+    assert_string_equal(r.code, "mixed:0123456789ab,fedcba987654");
+    run_rec_free(&r);
+    /* failed runs go back to pending, same run */
+    assert_int_equal(store_run_ended(st, run, RUN_FAILED, "boom", 0, 0, 0, &e), 0);
+    int64_t same;
+    assert_int_equal(store_requeue(st, run, root, &same, &e), 0);
+    assert_int_equal(same, run);
+    assert_int_equal(store_get_run(st, run, &r, &e), 0);
+    assert_int_equal(r.state, RUN_PENDING);
+    assert_int_equal(r.attempts, 0);
+    run_rec_free(&r);
+    free(root);
+    sweep_free(&sw);
+    store_close(st);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_schema_versions),
+        cmocka_unit_test(test_planning_is_idempotent),
+        cmocka_unit_test(test_claims_never_twice),
+        cmocka_unit_test(test_recover_dead_and_silent),
+        cmocka_unit_test(test_epochs_results_and_reruns),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
