@@ -132,6 +132,7 @@ typedef struct {
     pid_t pid;
     int64_t run_id;
     int last_epoch;             /* last epoch announced (plain log lines) */
+    int gpu;                    /* the GPU it runs on (--gpus), -1 for the CPU */
 } Child;
 
 typedef struct {
@@ -142,6 +143,7 @@ typedef struct {
     const int64_t *only;        /* rerun: just these runs */
     int nonly;
     int jobs, threads;
+    const int *gpus;            /* --gpus: one run per listed GPU; NULL: the CPU */
     int tty;
     Child *kids;
     int nkids;
@@ -160,7 +162,7 @@ static int spawn(Sched *S, int64_t run_id, Err *e)
     RunRec r;
     if (store_get_run(S->st, run_id, &r, e))
         return -1;
-    char log[PATH_MAX + 16], runarg[32], thr[32];
+    char log[PATH_MAX + 16], runarg[32], thr[32], dev[32];
     if (mkdir_p(r.run_dir, e)) {
         run_rec_free(&r);
         return -1;
@@ -169,6 +171,17 @@ static int spawn(Sched *S, int64_t run_id, Err *e)
     snprintf(runarg, sizeof runarg, "%lld", (long long)run_id);
     snprintf(thr, sizeof thr, "%d", S->threads);
     run_rec_free(&r);
+    /* the first listed GPU that no running child holds */
+    int gpu = -1;
+    if (S->gpus)
+        for (int g = 0; g < S->jobs && gpu < 0; g++) {
+            int busy = 0;
+            for (int i = 0; i < S->nkids; i++)
+                busy |= S->kids[i].gpu == S->gpus[g];
+            if (!busy)
+                gpu = S->gpus[g];
+        }
+    snprintf(dev, sizeof dev, "%d", gpu);
     pid_t pid = fork();
     if (pid < 0)
         return err_set(e, "fork: %s", strerror(errno));
@@ -187,8 +200,12 @@ static int spawn(Sched *S, int64_t run_id, Err *e)
             dup2(null, 0);
             close(null);
         }
-        execl(self, self, "exec-run", "--db", S->db, "--run", runarg, "--threads", thr,
-              (char *)NULL);
+        if (gpu >= 0)
+            execl(self, self, "exec-run", "--db", S->db, "--run", runarg, "--threads", thr,
+                  "--device", dev, (char *)NULL);
+        else
+            execl(self, self, "exec-run", "--db", S->db, "--run", runarg, "--threads", thr,
+                  (char *)NULL);
         _exit(127);
     }
     setpgid(pid, pid);
@@ -196,6 +213,7 @@ static int spawn(Sched *S, int64_t run_id, Err *e)
     k->pid = pid;
     k->run_id = run_id;
     k->last_epoch = 0;
+    k->gpu = gpu;
     S->started++;
     return 0;
 }
@@ -449,7 +467,7 @@ typedef struct {
     char *cells[64];
     int ncells;
     int jobs, dry_run, failed, interrupted, done;
-    const char *gpus;
+    int gpus[64], ngpus;        /* --gpus 0,1,...: one run per GPU */
 } Opts;
 
 static int want_value(int argc, char **argv, int *i, const char **out, const char *cmd)
@@ -462,11 +480,41 @@ static int want_value(int argc, char **argv, int *i, const char **out, const cha
     return 0;
 }
 
+/* "0,1,3": distinct GPU ordinals */
+static int parse_gpus(Opts *o, const char *v, const char *cmd)
+{
+    const char *p = v;
+    o->ngpus = 0;
+    for (;;) {
+        char *end;
+        long g = strtol(p, &end, 10);
+        if (end == p || g < 0 || g > 1023 || (*end && *end != ',')) {
+            fprintf(stderr, "sweep %s: bad value '%s' for --gpus: expected GPU numbers such as "
+                            "0,1,2\n", cmd, v);
+            return -1;
+        }
+        for (int i = 0; i < o->ngpus; i++)
+            if (o->gpus[i] == g) {
+                fprintf(stderr, "sweep %s: --gpus %s lists GPU %ld twice\n", cmd, v, g);
+                return -1;
+            }
+        if (o->ngpus == 64) {
+            fprintf(stderr, "sweep %s: --gpus lists more than 64 GPUs\n", cmd);
+            return -1;
+        }
+        o->gpus[o->ngpus++] = (int)g;
+        if (!*end)
+            return 0;
+        p = end + 1;
+    }
+}
+
 static int parse_opts(Opts *o, int argc, char **argv, const char *cmd, int want_file)
 {
     memset(o, 0, sizeof *o);
     o->db = DEFAULT_DB;
     o->jobs = 1;
+    int jobs_given = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v;
         if (strcmp(a, "--db") == 0) {
@@ -482,8 +530,9 @@ static int parse_opts(Opts *o, int argc, char **argv, const char *cmd, int want_
                 return -1;
             }
             o->jobs = (int)n;
+            jobs_given = 1;
         } else if (strcmp(a, "--gpus") == 0) {
-            if (want_value(argc, argv, &i, &o->gpus, cmd))
+            if (want_value(argc, argv, &i, &v, cmd) || parse_gpus(o, v, cmd))
                 return -1;
         } else if (strcmp(a, "--set") == 0 || strcmp(a, "--cell") == 0) {
             int set = strcmp(a, "--set") == 0;
@@ -521,14 +570,23 @@ static int parse_opts(Opts *o, int argc, char **argv, const char *cmd, int want_
                         "[--set key=value ...] [--dry-run]\n");
         return -1;
     }
-    if (o->gpus && !backend_find("cuda")) {
+    if (o->ngpus && !backend_find("cuda")) {
         fprintf(stderr, "sweep %s: --gpus needs the cuda backend, which this binary does not "
                         "have (built without CUDA); use --jobs N for the CPU\n", cmd);
         return -1;
     }
+    if (o->ngpus) {
+        if (jobs_given) {
+            fprintf(stderr, "sweep %s: --jobs and --gpus both given; --gpus runs one run per "
+                            "listed GPU, so give one or the other\n", cmd);
+            return -1;
+        }
+        o->jobs = o->ngpus;
+    }
     return 0;
 }
 
+/* CPU threads per run: the cores shared by the runs; a GPU run needs few */
 static int jobs_threads(const Opts *o)
 {
     int t = ncpus() / o->jobs;
@@ -652,6 +710,7 @@ int cmd_run(int argc, char **argv)
     S.sweep_id = sweep_id;
     S.sweep_key = sw.id;
     S.jobs = o.jobs;
+    S.gpus = o.ngpus ? o.gpus : NULL;
     S.threads = jobs_threads(&o);
     S.tty = isatty(STDOUT_FILENO);
     printf("%s: %d cells, %d runs (%d new) in %s; %d at a time, %d threads each\n", sw.id,
@@ -789,6 +848,7 @@ int cmd_rerun(int argc, char **argv)
     S.only = only;
     S.nonly = nonly;
     S.jobs = o.jobs;
+    S.gpus = o.ngpus ? o.gpus : NULL;
     S.threads = jobs_threads(&o);
     S.tty = isatty(STDOUT_FILENO);
     if (schedule(&S, &e) < 0)
@@ -868,7 +928,7 @@ int cmd_exec_run(int argc, char **argv)
 {
     const char *db = NULL;
     int64_t run_id = 0;
-    int threads = 0;
+    int threads = 0, device = -1;
     for (int i = 0; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--db") == 0)
             db = argv[i + 1];
@@ -876,9 +936,12 @@ int cmd_exec_run(int argc, char **argv)
             run_id = atoll(argv[i + 1]);
         else if (strcmp(argv[i], "--threads") == 0)
             threads = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--device") == 0)
+            device = atoi(argv[i + 1]);
     }
     if (!db || run_id <= 0) {
-        fprintf(stderr, "usage: sweep exec-run --db PATH --run ID [--threads N] (internal)\n");
+        fprintf(stderr, "usage: sweep exec-run --db PATH --run ID [--threads N] [--device GPU] "
+                        "(internal)\n");
         return EXIT_USAGE;
     }
     signal(SIGINT, exec_signal);
@@ -903,11 +966,21 @@ int cmd_exec_run(int argc, char **argv)
         goto fail;
     if (threads > 0 && cfg.threads == 0)
         cfg.threads = threads;
+    /* --gpus: the orchestrator placed this run on a GPU */
+    if (device >= 0) {
+        snprintf(cfg.backend, sizeof cfg.backend, "cuda");
+        cfg.device = device;
+    }
+    char devname[32];
+    if (strcmp(cfg.backend, "cuda") == 0)
+        snprintf(devname, sizeof devname, "cuda:%d", cfg.device);
+    else
+        snprintf(devname, sizeof devname, "%s", cfg.backend);
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof cwd))
         snprintf(cwd, sizeof cwd, ".");
     if (provenance_read(&prov, cwd, &e) ||
-        store_run_started(x.st, run_id, getpid(), cfg.backend, cfg.backend, &prov, &e))
+        store_run_started(x.st, run_id, getpid(), cfg.backend, devname, &prov, &e))
         goto fail;
     started = 1;
     /* resume where a valid checkpoint is; otherwise start over */
@@ -920,7 +993,9 @@ int cmd_exec_run(int argc, char **argv)
         snprintf(thr, sizeof thr, "threads=%d", cfg.threads);
         Err ce = {{0}};
         if (train_resume_config(&res, ck, assign, 2, &ce) == 0) {
+            /* placement is today's: the checkpoint may come from another device */
             snprintf(res.backend, sizeof res.backend, "%s", cfg.backend);
+            res.device = cfg.device;
             cfg = res;
             printf("resuming from %s\n", ck);
         } else {

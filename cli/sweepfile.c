@@ -62,7 +62,7 @@ static const struct {
 /* The keys that say where and how a run executes, not what it computes:
  * left out of a cell's identity so that moving a sweep between machines or
  * folders finds the same cells. */
-static const char *const PLACEMENT_KEYS[] = {"seed", "out", "threads", "backend",
+static const char *const PLACEMENT_KEYS[] = {"seed", "out", "threads", "backend", "device",
                                              "data_dir", "init", "resume", "steps"};
 
 typedef struct {

@@ -47,6 +47,7 @@ static const char *const ARCH_NAMES[] = {"resnet", "resnext"};
 static const char *const SHAKE_NAMES[] = {"even", "shake", "keep"};
 static const char *const LEVEL_NAMES[] = {"batch", "image"};
 static const char *const SHIFT_NAMES[] = {"original", "reimpl"};
+static const char *const PRECISION_NAMES[] = {"auto", "fp32", "bf16"};
 
 #define F(field) offsetof(TrainConfig, field)
 #define INT(name, min, d)   {#name, K_INT, F(name), 0, NULL, 0, min, d}
@@ -80,6 +81,8 @@ static const KeyDef KEYS[] = {
     INT64(subset_seed, 0, "0"),
     STR(backend, "cpu"),
     INT(threads, 0, "0"),
+    INT(device, 0, "0"),
+    CHOICE(precision, PRECISION_NAMES, "auto"),
     STR(out, "results/train"),
     STR(init, ""),
     STR(resume, ""),
@@ -323,6 +326,9 @@ int config_validate(const TrainConfig *c, Err *e)
         return err_set(e, "wd=%g: must be at least 0", c->wd);
     if (!(c->momentum >= 0 && c->momentum < 1))
         return err_set(e, "momentum=%g: must be in [0, 1)", c->momentum);
+    if (c->precision == CFG_PRECISION_BF16 && strcmp(c->backend, "cuda") != 0)
+        return err_set(e, "precision=bf16: only backend=cuda computes in bf16 (backend=%s is "
+                       "float32; use precision=fp32 or auto)", c->backend);
     if (c->init[0] && c->resume[0])
         return err_set(e, "init and resume are both set: init starts from weights with a "
                        "fresh optimizer, resume continues a run; choose one");

@@ -13,6 +13,9 @@
 #include "shake.h"
 #include "util.h"
 
+/* auto: bf16 on cuda (the fast default for training), fp32 elsewhere. */
+typedef enum { CFG_PRECISION_AUTO = 0, CFG_PRECISION_FP32 = 1, CFG_PRECISION_BF16 = 2 } ConfigPrecision;
+
 typedef struct {
     int dataset;                /* DatasetKind */
     char data_dir[512];         /* "" = the dataset's default */
@@ -27,6 +30,8 @@ typedef struct {
     int64_t subset_seed;
     char backend[16];
     int threads;                /* 0 = all cores */
+    int device;                 /* GPU ordinal (backend=cuda) */
+    int precision;              /* ConfigPrecision */
     char out[512];              /* run directory: checkpoint and log */
     char init[512];             /* start from these weights (fresh optimizer) */
     char resume[512];           /* continue this checkpoint exactly */

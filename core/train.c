@@ -67,6 +67,7 @@ typedef struct {
     float *params, *state, *momentum;
     float *x, *logits, *dlogits, *alpha, *beta;
     int *labels, *order;
+    int device_data;            /* the backend keeps the data and makes batches */
     FILE *log;
     char ckpt_path[1100];
 } Run;
@@ -118,7 +119,10 @@ static int run_setup(Run *r, const TrainConfig *cfg, Err *e)
     if (!r->ops)
         return err_set(e, "backend '%s' is not built into this binary (have: %s)",
                        cfg->backend, backend_names());
-    BackendOptions bo = {cfg->batch, cfg->threads};
+    BackendOptions bo = {cfg->batch, cfg->threads, cfg->device, PRECISION_FP32};
+    if (cfg->precision == CFG_PRECISION_BF16 ||
+        (cfg->precision == CFG_PRECISION_AUTO && strcmp(cfg->backend, "cuda") == 0))
+        bo.precision = PRECISION_BF16;
     r->be = r->ops->create(&r->model, &bo, e);
     if (!r->be)
         return err_wrap(e, "backend %s", cfg->backend);
@@ -141,6 +145,26 @@ static int run_setup(Run *r, const TrainConfig *cfg, Err *e)
     return 0;
 }
 
+/*
+ * The input of the next forward: on the host (r->x), or where the backend
+ * keeps the data itself, assembled there (*x = NULL). Labels always on
+ * the host, as data_batch gives them.
+ */
+static int run_batch(Run *r, const float **x, int set, const int *idx, int count, uint64_t seed,
+                     int epoch, int augment, Err *e)
+{
+    const Dataset *d = set == 0 ? &r->train : &r->test;
+    if (!r->device_data) {
+        data_batch(r->x, r->labels, d, idx, count, seed, epoch, augment);
+        *x = r->x;
+        return 0;
+    }
+    for (int j = 0; j < count; j++)
+        r->labels[j] = d->labels[idx[j]];
+    *x = NULL;
+    return r->ops->batch(r->be, set, idx, count, seed, epoch, augment, e);
+}
+
 /* Test loss and error with running statistics and even coefficients. */
 static int run_evaluate(Run *r, EvalResult *res, Err *e)
 {
@@ -151,8 +175,9 @@ static int run_evaluate(Run *r, EvalResult *res, Err *e)
         r->order[i] = i;
     for (int start = 0; start < d->n; start += B) {
         int count = d->n - start < B ? d->n - start : B;
-        data_batch(r->x, r->labels, d, r->order + start, count, 0, 0, 0);
-        if (r->ops->forward(r->be, r->logits, r->x, NULL, count, 0, e))
+        const float *x;
+        if (run_batch(r, &x, 1, r->order + start, count, 0, 0, 0, e) ||
+            r->ops->forward(r->be, r->logits, x, NULL, count, 0, e))
             return -1;
         int right;
         loss += softmax_xent(NULL, &right, r->logits, r->labels, count, d->classes) * count;
@@ -221,6 +246,11 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
     }
     if (r->ops->load(r->be, r->params, r->state, r->momentum, e))
         goto done;
+    if (r->ops->set_data) {
+        if (r->ops->set_data(r->be, &r->train, &r->test, e))
+            goto done;
+        r->device_data = 1;
+    }
 
     const int B = cfg->batch, n = r->train.n;
     const int64_t spe = (n + B - 1) / B, T = (int64_t)cfg->epochs * spe;
@@ -252,6 +282,8 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
         fflush(progress);
     }
 
+    /* backends that run whole steps where the data is */
+    const int device_steps = r->device_data && r->ops->train_step && r->ops->step_stats;
     status = TRAIN_DONE;
     for (int epoch = (int)(step / spe); epoch < cfg->epochs; epoch++) {
         data_epoch_order(r->order, n, seed, epoch, cfg->shuffle);
@@ -267,12 +299,26 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
                 break;
             }
             int count = (int)(n - it * B < B ? n - it * B : B);
-            data_batch(r->x, r->labels, &r->train, r->order + it * B, count, seed, epoch,
-                       cfg->augment);
+            lr = cosine_lr(cfg->lr, step + 1, T);
+            if (device_steps) {
+                /* the whole step where the data is; sums read at the epoch's end */
+                TrainStep ts = {r->order,    n,           (int)(it * B), count,
+                                seed,        epoch,       step,          cfg->augment,
+                                cfg->forward, cfg->backward, cfg->level, (float)lr,
+                                (float)cfg->momentum, (float)cfg->wd};
+                if (r->ops->train_step(r->be, &ts, e))
+                    goto fail;
+                step++;
+                seen += count;
+                continue;
+            }
+            const float *x;
+            if (run_batch(r, &x, 0, r->order + it * B, count, seed, epoch, cfg->augment, e))
+                goto fail;
             shake_draw(r->alpha, r->beta, m->nblocks, count, seed, step,
                        (ShakeMode)cfg->forward, (ShakeMode)cfg->backward,
                        (ShakeLevel)cfg->level);
-            if (r->ops->forward(r->be, r->logits, r->x, r->alpha, count, 1, e))
+            if (r->ops->forward(r->be, r->logits, x, r->alpha, count, 1, e))
                 goto fail;
             int right;
             double loss = softmax_xent(r->dlogits, &right, r->logits, r->labels, count,
@@ -284,13 +330,25 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
             }
             if (r->ops->backward(r->be, r->dlogits, r->beta, count, e))
                 goto fail;
-            lr = cosine_lr(cfg->lr, step + 1, T);
             if (r->ops->update(r->be, (float)lr, (float)cfg->momentum, (float)cfg->wd, e))
                 goto fail;
             step++;
             loss_sum += loss * count;
             wrong += count - right;
             seen += count;
+        }
+        if (device_steps) {
+            double dl;
+            int64_t dw, bad;
+            if (r->ops->step_stats(r->be, &dl, &dw, &bad, e))
+                goto fail;
+            if (bad >= 0) {
+                err_set(e, "diverged: training loss is not finite at step %lld (epoch %d)",
+                        (long long)bad + 1, epoch + 1);
+                goto fail;
+            }
+            loss_sum = dl;
+            wrong = dw;
         }
         double secs = time_now() - t0;
         if (status != TRAIN_DONE) {
@@ -310,8 +368,10 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
             break;
         }
         EvalResult ev;
+        double te = time_now();
         if (run_evaluate(r, &ev, e))
             goto fail;
+        double eval_secs = time_now() - te;
         EpochStats s = {epoch + 1, cfg->epochs, step, lr,
                         seen ? loss_sum / seen : 0, seen ? (double)wrong / seen : 0,
                         ev.loss, ev.err, secs, seen / (secs > 0 ? secs : 1e-9)};
@@ -328,6 +388,7 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
         json_object_set_new(o, "test_loss", json_real(s.test_loss));
         json_object_set_new(o, "test_err", json_real(s.test_err));
         json_object_set_new(o, "seconds", json_real(s.seconds));
+        json_object_set_new(o, "eval_seconds", json_real(eval_secs));
         json_object_set_new(o, "images_per_s", json_real(s.images_per_s));
         log_event(r, o);
         if (hooks && hooks->on_epoch)
@@ -379,8 +440,9 @@ static int checkpoint_config(TrainConfig *cfg, const char *path, Err *e)
 /* Keys that may differ between a checkpoint and the run that resumes it. */
 static int resume_free_key(const char *k)
 {
-    static const char *const free_keys[] = {"backend", "threads", "data_dir", "out",
-                                            "steps", "resume", "init"};
+    static const char *const free_keys[] = {"backend", "threads", "device", "precision",
+                                            "data_dir", "out", "steps", "resume",
+                                            "init"};
     for (size_t i = 0; i < sizeof free_keys / sizeof free_keys[0]; i++)
         if (strcmp(k, free_keys[i]) == 0)
             return 1;

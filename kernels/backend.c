@@ -8,6 +8,9 @@ static const BackendOps *const all[] = {
 #ifdef SHAKE_WITH_DNNL
     &backend_cpu,
 #endif
+#ifdef SHAKE_WITH_CUDA
+    &backend_cuda,
+#endif
 };
 
 const BackendOps *backend_find(const char *name)
@@ -20,9 +23,31 @@ const BackendOps *backend_find(const char *name)
 
 const char *backend_names(void)
 {
+    return "ref"
 #ifdef SHAKE_WITH_DNNL
-    return "ref, cpu";
-#else
-    return "ref";
+           ", cpu"
 #endif
+#ifdef SHAKE_WITH_CUDA
+           ", cuda"
+#endif
+        ;
 }
+
+#ifndef SHAKE_WITH_CUDA
+int backend_cuda_devices(void)
+{
+    return 0;
+}
+
+int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint64_t seed,
+                            int64_t step, int fwd, int bwd, int level, int device, Err *e)
+{
+    return err_set(e, "the cuda backend is not built into this binary");
+}
+
+int backend_cuda_data_batch(float *x, int *labels, const Dataset *d, const int *idx, int count,
+                            uint64_t seed, int epoch, int augment, int device, Err *e)
+{
+    return err_set(e, "the cuda backend is not built into this binary");
+}
+#endif

@@ -13,15 +13,35 @@
 #ifndef SHAKE_BACKEND_H
 #define SHAKE_BACKEND_H
 
+#include "../core/data.h"
 #include "../core/model.h"
 #include "../core/util.h"
 
+#include <stdint.h>
+
 typedef struct Backend Backend;
+
+typedef enum { PRECISION_FP32 = 0, PRECISION_BF16 = 1 } Precision;
 
 typedef struct {
     int max_batch;              /* largest n passed to forward */
     int threads;                /* 0: all cores */
+    int device;                 /* GPU ordinal (cuda) */
+    Precision precision;        /* PRECISION_BF16: cuda only */
 } BackendOptions;
+
+/* One training step, for backends that run it whole (train_step). */
+typedef struct {
+    const int *order;           /* the epoch's order of training images, host */
+    int norder;                 /* its length */
+    int offset, count;          /* this batch: order[offset .. offset + count) */
+    uint64_t seed;
+    int epoch;
+    int64_t step;               /* 0-based iteration: the shake draws' counter */
+    int augment;
+    int forward, backward, level; /* ShakeMode, ShakeMode, ShakeLevel */
+    float lr, momentum, wd;
+} TrainStep;
 
 typedef struct {
     const char *name;
@@ -37,7 +57,8 @@ typedef struct {
 
     /*
      * logits: (n, classes) host, overwritten.
-     * x: (n, in_c, in_h, in_w) host, normalized images.
+     * x: (n, in_c, in_h, in_w) host, normalized images; NULL: the batch
+     *   made by batch() (backends with set_data only).
      * train = 1: batch statistics, running statistics updated (momentum
      *   BN_MOMENTUM, unbiased variance), activations kept for backward,
      *   alpha (nblocks, n) used.
@@ -55,14 +76,53 @@ typedef struct {
                     int n, Err *e);
     /* SGD step over every parameter (optim.h's formula) with these settings. */
     int (*update)(Backend *b, float lr, float momentum, float wd, Err *e);
+
+    /*
+     * Optional, NULL where the backend has none. set_data keeps the data
+     * sets' bytes on the device (set 0: train, 1: test; either may be NULL);
+     * batch then assembles data_batch's images for (set, idx, count, seed,
+     * epoch, augment) there, bit for bit as data_batch does, and the next
+     * forward with x = NULL computes on them. Labels stay the host's.
+     */
+    int (*set_data)(Backend *b, const Dataset *train, const Dataset *test, Err *e);
+    int (*batch)(Backend *b, int set, const int *idx, int count, uint64_t seed, int epoch,
+                 int augment, Err *e);
+    /*
+     * Optional, after set_data: one whole training step where the data is
+     * -- batch, shake coefficients (shake_draw's), forward, softmax
+     * cross-entropy (train.c's softmax_xent), backward, SGD update -- with
+     * no host work but the launch. The loss and error sums stay there until
+     * step_stats returns and clears them; bad_step is the first step whose
+     * loss was not finite, -1 if none.
+     */
+    int (*train_step)(Backend *b, const TrainStep *s, Err *e);
+    int (*step_stats)(Backend *b, double *loss_sum, int64_t *wrong, int64_t *bad_step, Err *e);
 } BackendOps;
 
 extern const BackendOps backend_ref;   /* kernels/ref.c */
 extern const BackendOps backend_cpu;   /* kernels/cpu.c (oneDNN) */
+extern const BackendOps backend_cuda;  /* kernels/cuda.cu (CUDA, cuDNN, cuBLAS) */
 
-/* Looks a backend up by name ("ref", "cpu"); NULL if unknown or not built. */
+/* Looks a backend up by name ("ref", "cpu", "cuda"); NULL if unknown or not built. */
 const BackendOps *backend_find(const char *name);
 /* Comma-separated names of the backends this binary has. */
 const char *backend_names(void);
+
+/* GPUs the cuda backend can use: 0 when it is not built or none is visible
+ * (tests skip on 0). */
+int backend_cuda_devices(void);
+
+/*
+ * The cuda backend's device-side random draws, for tests that compare them
+ * with the host's (shake_draw, train.c's augmentation): alpha and beta
+ * (nblocks, n) as shake_draw fills them, computed by a kernel from the same
+ * Philox streams. Returns -1 with e set when the backend is not built.
+ */
+int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint64_t seed,
+                            int64_t step, int fwd, int bwd, int level, int device, Err *e);
+/* data_batch (core/data.h) computed on the device from d's bytes: x
+ * (count, c, h, w) and labels (count) as data_batch fills them. */
+int backend_cuda_data_batch(float *x, int *labels, const Dataset *d, const int *idx, int count,
+                            uint64_t seed, int epoch, int augment, int device, Err *e);
 
 #endif

@@ -1186,4 +1186,8 @@ static int cpu_update(Backend *b, float lr, float momentum, float wd, Err *e)
 
 const BackendOps backend_cpu = {
     "cpu", cpu_create, cpu_destroy, cpu_load, cpu_store, cpu_forward, cpu_backward, cpu_update,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };

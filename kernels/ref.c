@@ -516,4 +516,8 @@ const BackendOps backend_ref = {
     ref_forward,
     ref_backward,
     ref_update,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };

@@ -76,7 +76,7 @@ class ShakeBlock(nn.Module):
         b1, b2 = self.branch1(r), self.branch2(r)
         sc = x if self.shortcut is None else self.shortcut(r)
         if self.alpha is None:
-            a = torch.full((1, 1, 1, 1), 0.5, dtype=x.dtype)
+            a = torch.full((1, 1, 1, 1), 0.5, dtype=x.dtype, device=x.device)
             return sc + ShakeFn.apply(b1, b2, a, a)
         return sc + ShakeFn.apply(b1, b2, self.alpha, self.beta)
 
@@ -173,7 +173,7 @@ class ShakeResNeXtBlock(nn.Module):
         b1, b2 = self.branch1(x), self.branch2(x)
         sc = x if self.shortcut is None else self.shortcut(x)
         if self.alpha is None:
-            a = torch.full((1, 1, 1, 1), 0.5, dtype=x.dtype)
+            a = torch.full((1, 1, 1, 1), 0.5, dtype=x.dtype, device=x.device)
             return F.relu(sc + ShakeFn.apply(b1, b2, a, a))
         return F.relu(sc + ShakeFn.apply(b1, b2, self.alpha, self.beta))
 

@@ -77,6 +77,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.subset_seed, 0);
     assert_string_equal(c.backend, "cpu");
     assert_int_equal(c.threads, 0);
+    assert_int_equal(c.device, 0);
+    assert_int_equal(c.precision, CFG_PRECISION_AUTO);
     assert_string_equal(c.out, "results/train");
     assert_string_equal(c.init, "");
     assert_string_equal(c.resume, "");
@@ -95,7 +97,8 @@ static void test_every_key_settable(void **state)
         "width=64", "groups=8", "forward=even", "backward=keep", "level=batch",
         "shift=reimpl", "epochs=3", "batch=7", "lr=0.05", "wd=5e-4",
         "momentum=0", "seed=9007199254740993", "train_subset=500",
-        "subset_seed=-0", "backend=ref", "threads=4", "out=runs/x", "init=a.st",
+        "subset_seed=-0", "backend=ref", "threads=4", "device=3", "precision=fp32",
+        "out=runs/x", "init=a.st",
         "resume=", "augment=off", "shuffle=No", "steps=10000000000",
     };
     int n = (int)(sizeof sets / sizeof sets[0]);
@@ -127,6 +130,8 @@ static void test_every_key_settable(void **state)
     assert_int_equal(c.subset_seed, 0);
     assert_string_equal(c.backend, "ref");
     assert_int_equal(c.threads, 4);
+    assert_int_equal(c.device, 3);
+    assert_int_equal(c.precision, CFG_PRECISION_FP32);
     assert_string_equal(c.out, "runs/x");
     assert_string_equal(c.init, "a.st");
     assert_string_equal(c.resume, "");
@@ -223,6 +228,17 @@ static void test_validation(void **state)
     const char *resnext26[] = {"arch=resnext", "depth=26"};
     expect_invalid(resnext26, 2, "depth=26");
     expect_invalid(resnext26, 2, "9n+2");
+    /* bf16 is the cuda backend's; the others compute in float32 */
+    const char *bf16_cpu[] = {"backend=cpu", "precision=bf16"};
+    expect_invalid(bf16_cpu, 2, "precision=bf16");
+    {
+        Err be = {{0}};
+        TrainConfig cuda_bf16;
+        config_defaults(&cuda_bf16);
+        assert_int_equal(config_set(&cuda_bf16, "backend=cuda", &be), 0);
+        assert_int_equal(config_set(&cuda_bf16, "precision=bf16", &be), 0);
+        assert_int_equal(config_validate(&cuda_bf16, &be), 0);
+    }
     const char *odd[] = {"width=33"};
     expect_invalid(odd, 1, "width=33");
     expect_invalid(odd, 1, "even");

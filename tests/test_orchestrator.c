@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "store.h"
 
 static char *root, *data;
@@ -549,10 +550,63 @@ static void test_errors_before_anything_runs(void **s)
     free(dir);
 }
 
+/*
+ * --gpus: bad lists are refused before anything runs; a run placed on a GPU
+ * records backend cuda and device cuda:N, and where this machine has no
+ * GPU, fails with the reason rather than hanging or running on the CPU.
+ */
+static void test_gpus_placement(void **s)
+{
+    (void)s;
+    char *dir = tu_tempdir("orch-g"), *out = NULL, *db;
+    assert_true(asprintf(&db, "%s/sweep.db", dir) > 0);
+    char *file = write_sweep(dir, "gpus", 1, 1, NULL);
+    assert_int_equal(tu_run_sweep(&out, "run '%s' --db '%s' --gpus 0,x", file, db), 2);
+    assert_non_null(strstr(out, "bad value '0,x' for --gpus"));
+    free(out);
+    assert_int_equal(tu_run_sweep(&out, "run '%s' --db '%s' --gpus 1,1", file, db), 2);
+    assert_non_null(strstr(out, "GPU 1 twice"));
+    free(out);
+    if (!backend_find("cuda")) {
+        assert_int_equal(tu_run_sweep(&out, "run '%s' --db '%s' --gpus 0", file, db), 2);
+        assert_non_null(strstr(out, "needs the cuda backend"));
+        free(out);
+    } else {
+        assert_int_equal(tu_run_sweep(&out, "run '%s' --db '%s' --gpus 0 --jobs 2", file, db), 2);
+        assert_non_null(strstr(out, "--jobs and --gpus"));
+        free(out);
+        int have_gpu = backend_cuda_devices() > 0;
+        int rc = tu_run_sweep(&out, "run '%s' --db '%s' --gpus 0", file, db);
+        assert_int_equal(rc, have_gpu ? 0 : 1);
+        free(out);
+        Store *st = open_store(db);
+        int n;
+        RunRec *runs = all_runs(st, "gpus", &n);
+        assert_int_equal(n, 4);
+        for (int i = 0; i < n; i++) {
+            assert_string_equal(runs[i].backend, "cuda");
+            assert_string_equal(runs[i].device, "cuda:0");
+            if (have_gpu) {
+                assert_int_equal(runs[i].state, RUN_DONE);
+            } else {
+                assert_int_equal(runs[i].state, RUN_FAILED);
+                assert_non_null(strstr(runs[i].failure, "no GPU visible"));
+            }
+        }
+        run_recs_free(runs, n);
+        store_close(st);
+    }
+    free(file);
+    free(db);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors_before_anything_runs),
+        cmocka_unit_test(test_gpus_placement),
         cmocka_unit_test(test_sweep_report_rerun),
         cmocka_unit_test(test_kill_run_and_orchestrator),
         cmocka_unit_test(test_two_orchestrators_one_store),

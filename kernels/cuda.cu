@@ -1,0 +1,2139 @@
+/*
+ * The cuda backend: the network of model.h on one NVIDIA GPU. Convolutions
+ * through cuDNN, the fully connected layer through cuBLAS, everything else
+ * (batch norm, ReLU, the shake combination, the shortcut's pool/shift/concat,
+ * global pooling, softmax cross-entropy, SGD) in the kernels below.
+ *
+ * Layout and precision. Activations are NHWC, in float32 (precision=fp32,
+ * TF32 off, for parity with `ref`) or bf16 (precision=bf16: activations and
+ * convolutions in bf16 with float32 accumulation). Parameters, gradients,
+ * momentum and batch-norm statistics are always float32 in flat arenas laid
+ * out as model.h says; what cuDNN reads and writes -- each conv's weights
+ * and filter gradient -- lives apart in the compute type, in aligned slots
+ * (Wc, Gc), refreshed from the float32 weights after load and every update
+ * and widened into the float32 gradients after backward. Conv weights are
+ * (K, R, S, C/g) on the device, the NHWC filter layout, permuted to and from
+ * PyTorch's (K, C/g, R, S) by load() and store(); SGD is elementwise, so
+ * the layout does not matter to it.
+ *
+ * Batch norm keeps its statistics in double partial sums (as `ref` does)
+ * and is applied as y = (x - center[c]) * scale[c] + beta[c] (center the
+ * batch or running mean, scale = gamma * rstd, as ref computes it: folding
+ * the mean into a shift would cancel when the mean is large). The last batch
+ * norm of each branch and the shortcut's are never written out: the block's
+ * combination kernel applies them as it reads (one kernel forward).
+ * Backward, a batch norm reads its output gradient through a "source" that
+ * folds in the shake coefficient beta (or 1 - beta) and the ReLU mask, so
+ * the shake backward and ReLU backward cost no pass of their own.
+ *
+ * Two ways to train. Per call (forward, backward, update with host data and
+ * coefficients), as the other backends and the tests use it; or whole steps
+ * (set_data, train_step): the data sets' bytes stay on the GPU and a step --
+ * batch assembly and augmentation, shake coefficients (the Philox draws of
+ * core/shake.c and core/data.c, on the device), forward, loss, backward,
+ * update -- needs from the host only its variables (StepVars) and a launch,
+ * as a CUDA graph captured once the shapes are steady (SHAKE_CUDA_GRAPHS=0
+ * turns graphs off).
+ *
+ * Invariants: every buffer is sized for max_batch at create(); backward()
+ * needs the activations of the last forward, a training forward with the
+ * same n; gradients are overwritten by each backward (each parameter is used
+ * once per step). All work is queued on one stream; calls that return data
+ * to the host synchronize it. A captured graph holds buffer addresses, so
+ * every reallocation drops it (graph_drop).
+ */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend.h"
+}
+#include "../core/philox.h"
+
+typedef __nv_bfloat16 bf16;
+
+/* ---- error checks: every CUDA, cuDNN and cuBLAS call reports file:line ---- */
+
+static int cuda_fail(Err *e, cudaError_t st, const char *call, const char *file, int line)
+{
+    cudaGetLastError();         /* reported here, not again by the next check */
+    if (st == cudaErrorMemoryAllocation)
+        return err_set(e, "%s:%d: out of GPU memory (%s)", file, line, call);
+    return err_set(e, "%s:%d: %s: %s", file, line, call, cudaGetErrorString(st));
+}
+
+#define CK(call)                                                          \
+    do {                                                                  \
+        cudaError_t ck_ = (call);                                         \
+        if (ck_ != cudaSuccess)                                           \
+            return cuda_fail(e, ck_, #call, __FILE__, __LINE__);          \
+    } while (0)
+#define CKDNN(call)                                                       \
+    do {                                                                  \
+        cudnnStatus_t ck_ = (call);                                       \
+        if (ck_ != CUDNN_STATUS_SUCCESS)                                  \
+            return err_set(e, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
+                           cudnnGetErrorString(ck_));                     \
+    } while (0)
+#define CKBLAS(call)                                                      \
+    do {                                                                  \
+        cublasStatus_t ck_ = (call);                                      \
+        if (ck_ != CUBLAS_STATUS_SUCCESS)                                 \
+            return err_set(e, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
+                           cublasGetStatusString(ck_));                   \
+    } while (0)
+/* after a kernel launch: a bad configuration shows up here */
+#define CKLAUNCH() CK(cudaGetLastError())
+/* a call returning int with e set */
+#define TRY(call)                 \
+    do {                          \
+        if ((call) != 0)          \
+            return -1;            \
+    } while (0)
+
+/* ---- element types ---- */
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+static const int THREADS = 256;
+
+static unsigned blocks_for(size_t count)
+{
+    size_t b = (count + THREADS - 1) / THREADS;
+    return (unsigned)(b < 1 ? 1 : b > 1048576 ? 1048576 : b);
+}
+
+/* grid-stride loop over [0, count) */
+#define FOR_EACH(i, count) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (count); \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* ---- elementwise kernels ---- */
+
+/*
+ * What changes from one training step to the next, read by the kernels of a
+ * captured step from device memory (a CUDA graph's arguments are fixed).
+ */
+struct StepVars {
+    int offset;                 /* the batch's first position in the epoch order */
+    int epoch;
+    uint32_t step;              /* 0-based iteration: the shake draws' counter */
+    float lr;
+};
+
+
+/* out (n, hw, c) = in (n, c, hw), float to T: the input images. */
+template <typename T>
+__global__ void nchw_to_nhwc_kernel(T *out, const float *in, int n, int c, int hw)
+{
+    const size_t count = (size_t)n * c * hw;
+    FOR_EACH(i, count) {
+        int ch = (int)(i % c);
+        size_t p = i / c;                       /* n * hw + pixel */
+        size_t img = p / hw, pix = p % hw;
+        out[i] = from_f<T>(in[(img * c + ch) * hw + pix]);
+    }
+}
+
+/* out = max(in, 0) */
+template <typename T>
+__global__ void relu_kernel(T *out, const T *in, size_t count)
+{
+    FOR_EACH(i, count) {
+        float v = to_f(in[i]);
+        out[i] = from_f<T>(v > 0.0f ? v : 0.0f);
+    }
+}
+
+/* A batch norm as applied: y = (x - center[c]) * scale[c] + beta[c]. */
+struct BnAffine {
+    const float *center, *scale, *beta;
+};
+
+__device__ __forceinline__ float bn_at(const BnAffine &a, float x, int ch)
+{
+    return (x - a.center[ch]) * a.scale[ch] + a.beta[ch];
+}
+
+/* y (rows, c) = bn(x), then ReLU if relu */
+template <typename T>
+__global__ void bn_apply_kernel(T *y, const T *x, BnAffine a, size_t rows, int c, int relu)
+{
+    FOR_EACH(i, rows * c) {
+        int ch = (int)(i % c);
+        float v = bn_at(a, to_f(x[i]), ch);
+        y[i] = from_f<T>(relu && !(v > 0.0f) ? 0.0f : v);
+    }
+}
+
+/*
+ * The block's combination, one pass (model.h):
+ *   out = shortcut + alpha[img] * bn0(b0) + (1 - alpha[img]) * bn1(b1)
+ * with bn_k as BnAffine a0, a1; shortcut = sc_in, or bn_sc(sc_in) for a
+ * projection (sc.center not NULL); ReLU after the add
+ * when relu (resnext). All (n, hw, c).
+ */
+template <typename T>
+__global__ void shake_combine_kernel(T *out, const T *b0, const T *b1, BnAffine a0, BnAffine a1,
+                                     const T *sc_in, BnAffine sc, const float *alpha, int n, int hw,
+                                     int c, int relu)
+{
+    const size_t count = (size_t)n * hw * c;
+    FOR_EACH(i, count) {
+        int ch = (int)(i % c);
+        int img = (int)(i / ((size_t)hw * c));
+        float a = alpha[img];
+        float v0 = bn_at(a0, to_f(b0[i]), ch);
+        float v1 = bn_at(a1, to_f(b1[i]), ch);
+        float s = to_f(sc_in[i]);
+        if (sc.center)
+            s = bn_at(sc, s, ch);
+        float v = s + (a * v0 + (1.0f - a) * v1);
+        out[i] = from_f<T>(relu && !(v > 0.0f) ? 0.0f : v);
+    }
+}
+
+/*
+ * The resnet shortcut's inputs from r (n, h, w, c): p1 = pool_s(r) and
+ * p2 = pool_s(shift(r)), (n, oh, ow, c); pooling with kernel 1 is
+ * subsampling at (oh * s, ow * s). shift: SHIFT_ORIGINAL z[i][j] =
+ * r[i-1][j-1], SHIFT_REIMPL z[i][j] = r[i+1][j+1], zero outside.
+ */
+template <typename T>
+__global__ void pool_shift_kernel(T *p1, T *p2, const T *r, int n, int h, int w, int c, int s,
+                                  int oh, int ow, int reimpl)
+{
+    const size_t count = (size_t)n * oh * ow * c;
+    FOR_EACH(i, count) {
+        int ch = (int)(i % c);
+        size_t t = i / c;
+        int x = (int)(t % ow);
+        t /= ow;
+        int y = (int)(t % oh);
+        int img = (int)(t / oh);
+        int sy = y * s, sx = x * s;
+        const T *base = r + (size_t)img * h * w * c;
+        p1[i] = base[((size_t)sy * w + sx) * c + ch];
+        int zy = reimpl ? sy + 1 : sy - 1, zx = reimpl ? sx + 1 : sx - 1;
+        p2[i] = zy >= 0 && zy < h && zx >= 0 && zx < w ? base[((size_t)zy * w + zx) * c + ch]
+                                                         : from_f<T>(0.0f);
+    }
+}
+
+/* The gradient of pool_shift_kernel: dr (n, h, w, c) += from dp1, dp2. */
+template <typename T>
+__global__ void pool_shift_backward_kernel(T *dr, const T *dp1, const T *dp2, int n, int h, int w,
+                                           int c, int s, int oh, int ow, int reimpl)
+{
+    const size_t count = (size_t)n * h * w * c;
+    FOR_EACH(i, count) {
+        int ch = (int)(i % c);
+        size_t t = i / c;
+        int x = (int)(t % w);
+        t /= w;
+        int y = (int)(t % h);
+        int img = (int)(t / h);
+        const size_t obase = (size_t)img * oh * ow * c;
+        float g = to_f(dr[i]);
+        if (y % s == 0 && x % s == 0 && y / s < oh && x / s < ow)
+            g += to_f(dp1[obase + ((size_t)(y / s) * ow + x / s) * c + ch]);
+        /* r[y][x] is z[zy][zx] of the shifted map, sampled when on the grid */
+        int zy = reimpl ? y - 1 : y + 1, zx = reimpl ? x - 1 : x + 1;
+        if (zy >= 0 && zy < h && zx >= 0 && zx < w && zy % s == 0 && zx % s == 0 &&
+            zy / s < oh && zx / s < ow)
+            g += to_f(dp2[obase + ((size_t)(zy / s) * ow + zx / s) * c + ch]);
+        dr[i] = from_f<T>(g);
+    }
+}
+
+/* cat (rows, ca + cb) = [a (rows, ca), b (rows, cb)] */
+template <typename T>
+__global__ void concat_kernel(T *cat, const T *a, const T *b, size_t rows, int ca, int cb)
+{
+    const int c = ca + cb;
+    FOR_EACH(i, rows * c) {
+        size_t row = i / c;
+        int ch = (int)(i % c);
+        cat[i] = ch < ca ? a[row * ca + ch] : b[row * cb + (ch - ca)];
+    }
+}
+
+/* the split: da = dcat[:, :ca], db = dcat[:, ca:] */
+template <typename T>
+__global__ void split_kernel(T *da, T *db, const T *dcat, size_t rows, int ca, int cb)
+{
+    const int c = ca + cb;
+    FOR_EACH(i, rows * c) {
+        size_t row = i / c;
+        int ch = (int)(i % c);
+        if (ch < ca)
+            da[row * ca + ch] = dcat[i];
+        else
+            db[row * cb + (ch - ca)] = dcat[i];
+    }
+}
+
+/* resnet block input gradient: dx = (x > 0 ? dr : 0) + (g ? g : 0) */
+template <typename T>
+__global__ void relu_backward_add_kernel(T *dx, const T *dr, const T *x, const T *g, size_t count)
+{
+    FOR_EACH(i, count) {
+        float v = to_f(x[i]) > 0.0f ? to_f(dr[i]) : 0.0f;
+        if (g)
+            v += to_f(g[i]);
+        dx[i] = from_f<T>(v);
+    }
+}
+
+/* resnext identity shortcut: dx += g where out > 0 */
+template <typename T>
+__global__ void add_masked_kernel(T *dx, const T *g, const T *out, size_t count)
+{
+    FOR_EACH(i, count) {
+        if (to_f(out[i]) > 0.0f)
+            dx[i] = from_f<T>(to_f(dx[i]) + to_f(g[i]));
+    }
+}
+
+/* pooled (n, c) = mean over hw of h (n, hw, c), ReLU first if relu */
+template <typename T>
+__global__ void head_pool_kernel(float *pooled, const T *h, int n, int hw, int c, int relu)
+{
+    FOR_EACH(i, (size_t)n * c) {
+        int ch = (int)(i % c);
+        size_t img = i / c;
+        const T *p = h + img * hw * c + ch;
+        float sum = 0.0f;
+        for (int k = 0; k < hw; k++) {
+            float v = to_f(p[(size_t)k * c]);
+            sum += relu && !(v > 0.0f) ? 0.0f : v;
+        }
+        pooled[i] = sum / (float)hw;
+    }
+}
+
+/* g (n, hw, c) = dpooled[n, c] / hw, masked by h > 0 if relu */
+template <typename T>
+__global__ void head_pool_backward_kernel(T *g, const float *dpooled, const T *h, int n, int hw,
+                                          int c, int relu)
+{
+    const size_t count = (size_t)n * hw * c;
+    FOR_EACH(i, count) {
+        int ch = (int)(i % c);
+        size_t img = i / ((size_t)hw * c);
+        float v = dpooled[img * c + ch] / (float)hw;
+        if (relu && !(to_f(h[i]) > 0.0f))
+            v = 0.0f;
+        g[i] = from_f<T>(v);
+    }
+}
+
+__global__ void bias_add_kernel(float *y, const float *b, int n, int k)
+{
+    FOR_EACH(i, (size_t)n * k) y[i] += b[i % k];
+}
+
+/* db[j] = sum over rows of dy (n, k) */
+__global__ void column_sum_kernel(float *db, const float *dy, int n, int k)
+{
+    FOR_EACH(j, (size_t)k) {
+        float s = 0.0f;
+        for (int i = 0; i < n; i++)
+            s += dy[(size_t)i * k + j];
+        db[j] = s;
+    }
+}
+
+/*
+ * train.c's softmax_xent on the device, one thread per image: dlogits =
+ * (softmax - onehot) / n; the loss and the misclassified count accumulate
+ * into acc (loss sum, wrong, first step whose loss is not finite).
+ */
+struct StepAcc {
+    double loss;
+    unsigned long long wrong;
+    unsigned long long bad_step;    /* ~0: none */
+};
+
+__global__ void xent_kernel(float *dlogits, StepAcc *acc, const float *logits, const int *labels,
+                            int n, int classes, const StepVars *v)
+{
+    FOR_EACH(i, (size_t)n) {
+        const float *z = logits + i * classes;
+        int arg = 0;
+        float zmax = z[0];
+        for (int c = 1; c < classes; c++)
+            if (z[c] > zmax) {
+                zmax = z[c];
+                arg = c;
+            }
+        double sum = 0.0;
+        for (int c = 0; c < classes; c++)
+            sum += exp((double)z[c] - zmax);
+        double logsum = log(sum) + zmax;
+        const int y = labels[i];
+        double loss = logsum - z[y];
+        float *d = dlogits + i * classes;
+        for (int c = 0; c < classes; c++)
+            d[c] = (float)((exp((double)z[c] - logsum) - (c == y)) / n);
+        atomicAdd(&acc->loss, loss);
+        if (arg != y)
+            atomicAdd(&acc->wrong, 1ull);
+        if (!isfinite(loss))
+            atomicMin(&acc->bad_step, (unsigned long long)v->step);
+    }
+}
+
+/* optim.h's SGD with Nesterov momentum */
+__global__ void sgd_kernel(float *p, float *mom, const float *g, size_t count, float lr,
+                           float momentum, float wd, const StepVars *v)
+{
+    if (v)
+        lr = v->lr;
+    FOR_EACH(i, count) {
+        float gi = g[i] + wd * p[i];
+        float buf = momentum * mom[i] + gi;
+        mom[i] = buf;
+        p[i] -= lr * (gi + momentum * buf);
+    }
+}
+
+/* conv weights into their compute slots (T), and filter gradients out */
+template <typename T> __global__ void from_float_kernel(T *out, const float *in, size_t count)
+{
+    FOR_EACH(i, count) out[i] = from_f<T>(in[i]);
+}
+
+template <typename T> __global__ void to_float_kernel(float *out, const T *in, size_t count)
+{
+    FOR_EACH(i, count) out[i] = to_f(in[i]);
+}
+
+__global__ void fill_kernel(float *x, float v, size_t count)
+{
+    FOR_EACH(i, count) x[i] = v;
+}
+
+/* ---- random draws: the very functions of core/shake.c and core/data.c ---- */
+
+
+/* alpha, beta (nblocks, n): shake.c's shake_draw */
+__global__ void shake_draw_kernel(float *alpha, float *beta, int nblocks, int n, uint64_t seed,
+                                  uint32_t step, int fwd, int bwd, int level, const StepVars *v)
+{
+    if (v)
+        step = v->step;
+    FOR_EACH(i, (size_t)nblocks * n) {
+        int b = (int)(i / n), img = (int)(i % n);
+        uint32_t key = level == 0 ? 0u : (uint32_t)img;   /* LEVEL_BATCH: image 0's */
+        float a = fwd == 0 ? 0.5f : rng_uniform(seed, RNG_SHAKE_FWD, step, (uint32_t)b, key);
+        float be = bwd == 2   ? a
+                   : bwd == 0 ? 0.5f
+                              : rng_uniform(seed, RNG_SHAKE_BWD, step, (uint32_t)b, key);
+        alpha[i] = a;
+        beta[i] = be;
+    }
+}
+
+/*
+ * data.c's data_batch: image j of the batch is dataset image idx[j],
+ * normalized per channel, flipped and cropped from Philox (seed,
+ * RNG_AUGMENT, epoch, idx[j]). Output (count, c, h, w) float when nchw,
+ * else (count, h, w, c) in T. With v, idx and epoch come from the step's
+ * variables (idx + v->offset).
+ */
+#define CROP_PAD 4
+struct Norm {
+    float mean[3], std[3];      /* per channel, 0..255 scale, as Dataset */
+};
+template <typename T>
+__global__ void data_batch_kernel(T *out, int *labels, const uint8_t *pixels,
+                                  const uint8_t *src_labels, const int *idx, int count, int c,
+                                  int h, int w, Norm nm, int flip_ok, uint64_t seed, int epoch,
+                                  int augment, int nchw, const StepVars *v)
+{
+    if (v) {
+        idx += v->offset;
+        epoch = v->epoch;
+    }
+    const size_t total = (size_t)count * c * h * w;
+    FOR_EACH(i, total) {
+        int j, ch, y, x;
+        if (nchw) {
+            x = (int)(i % w);
+            y = (int)(i / w % h);
+            ch = (int)(i / ((size_t)w * h) % c);
+            j = (int)(i / ((size_t)w * h * c));
+        } else {
+            ch = (int)(i % c);
+            x = (int)(i / c % w);
+            y = (int)(i / ((size_t)c * w) % h);
+            j = (int)(i / ((size_t)c * w * h));
+        }
+        const int img = idx[j];
+        int flip = 0, dx = CROP_PAD, dy = CROP_PAD;
+        if (augment) {
+            Philox4 r = philox4x32(seed, RNG_AUGMENT, (uint32_t)epoch, (uint32_t)img, 0);
+            flip = flip_ok && (r.v[0] >> 31);
+            dx = (int)(((uint64_t)r.v[1] * (2 * CROP_PAD + 1)) >> 32);
+            dy = (int)(((uint64_t)r.v[2] * (2 * CROP_PAD + 1)) >> 32);
+        }
+        int sy = y + dy - CROP_PAD, sx = x + dx - CROP_PAD;
+        float v = 0.0f;
+        if (sy >= 0 && sy < h && sx >= 0 && sx < w) {
+            if (flip)
+                sx = w - 1 - sx;
+            uint8_t p = pixels[(((size_t)img * c + ch) * h + sy) * w + sx];
+            v = ((float)p - nm.mean[ch]) / nm.std[ch];
+        }
+        out[i] = from_f<T>(v);
+        if (ch == 0 && y == 0 && x == 0)
+            labels[j] = src_labels[img];
+    }
+}
+
+/* ---- batch norm ---- */
+
+/* Partial sums per (chunk, channel) in double: forward (sum x, sum x^2),
+ * backward (sum dy, sum dy * (x - mean)). Grid (ceil(c / 32), chunks),
+ * block (32, 8). */
+enum { BN_TX = 32, BN_TY = 8, BN_MAX_CHUNKS = 512 };
+
+/* Where a batch norm's output gradient comes from (see the top comment):
+ * dy = d[i], zero where m[i] <= 0 (if m), times coef[img] or 1 - coef[img]
+ * (if coef). */
+template <typename T> struct DySource {
+    const T *d;
+    const T *m;
+    const float *coef;
+    int one_minus;
+    int hw;
+};
+
+template <typename T>
+__device__ __forceinline__ float dy_at(const DySource<T> &s, size_t row, size_t i)
+{
+    float v = to_f(s.d[i]);
+    if (s.m && !(to_f(s.m[i]) > 0.0f))
+        v = 0.0f;
+    if (s.coef) {
+        float k = s.coef[row / s.hw];
+        v *= s.one_minus ? 1.0f - k : k;
+    }
+    return v;
+}
+
+template <typename T>
+__global__ void bn_stats_partial_kernel(double *part, const T *x, size_t rows, int c, int chunks)
+{
+    __shared__ double s1[BN_TY][BN_TX], s2[BN_TY][BN_TX];
+    const int ch = blockIdx.x * BN_TX + threadIdx.x;
+    const size_t per = (rows + chunks - 1) / chunks;
+    const size_t r0 = blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
+    double a = 0.0, b = 0.0;
+    if (ch < c)
+        for (size_t r = r0 + threadIdx.y; r < r1; r += BN_TY) {
+            double v = to_f(x[r * c + ch]);
+            a += v;
+            b += v * v;
+        }
+    s1[threadIdx.y][threadIdx.x] = a;
+    s2[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < c) {
+        for (int k = 1; k < BN_TY; k++) {
+            a += s1[k][threadIdx.x];
+            b += s2[k][threadIdx.x];
+        }
+        part[(size_t)blockIdx.y * 2 * c + ch] = a;
+        part[(size_t)blockIdx.y * 2 * c + c + ch] = b;
+    }
+}
+
+template <typename T>
+__global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x,
+                                       const float *mean, size_t rows, int c, int chunks)
+{
+    __shared__ double s1[BN_TY][BN_TX], s2[BN_TY][BN_TX];
+    const int ch = blockIdx.x * BN_TX + threadIdx.x;
+    const size_t per = (rows + chunks - 1) / chunks;
+    const size_t r0 = blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
+    double a = 0.0, b = 0.0;
+    if (ch < c) {
+        const float mu = mean[ch];
+        for (size_t r = r0 + threadIdx.y; r < r1; r += BN_TY) {
+            size_t i = r * c + ch;
+            double g = dy_at(src, r, i);
+            a += g;
+            b += g * (double)(to_f(x[i]) - mu);
+        }
+    }
+    s1[threadIdx.y][threadIdx.x] = a;
+    s2[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < c) {
+        for (int k = 1; k < BN_TY; k++) {
+            a += s1[k][threadIdx.x];
+            b += s2[k][threadIdx.x];
+        }
+        part[(size_t)blockIdx.y * 2 * c + ch] = a;
+        part[(size_t)blockIdx.y * 2 * c + c + ch] = b;
+    }
+}
+
+/*
+ * Batch statistics from the partials: mean, rstd (saved for backward),
+ * scale for the forward, and the running update with the unbiased
+ * variance (model.h's BN_MOMENTUM and BN_EPS).
+ */
+__global__ void bn_stats_final_kernel(float *mean, float *rstd, float *scale, float *run_mean,
+                                      float *run_var, const double *part, int chunks, int c,
+                                      double count, const float *gamma)
+{
+    FOR_EACH(ch, (size_t)c) {
+        double a = 0.0, b = 0.0;
+        for (int k = 0; k < chunks; k++) {
+            a += part[(size_t)k * 2 * c + ch];
+            b += part[(size_t)k * 2 * c + c + ch];
+        }
+        double mu = a / count;
+        double var = b / count - mu * mu;
+        if (var < 0.0)
+            var = 0.0;
+        float m = (float)mu, v = (float)var;
+        float rs = 1.0f / sqrtf(v + BN_EPS);
+        mean[ch] = m;
+        rstd[ch] = rs;
+        scale[ch] = gamma[ch] * rs;
+        float unbiased = count > 1.0 ? (float)(var * count / (count - 1.0)) : v;
+        run_mean[ch] = (1.0f - BN_MOMENTUM) * run_mean[ch] + BN_MOMENTUM * m;
+        run_var[ch] = (1.0f - BN_MOMENTUM) * run_var[ch] + BN_MOMENTUM * unbiased;
+    }
+}
+
+/* evaluation: scale from the running variance (centered on the running mean) */
+__global__ void bn_eval_kernel(float *scale, const float *gamma, const float *run_var, int c)
+{
+    FOR_EACH(ch, (size_t)c) scale[ch] = gamma[ch] / sqrtf(run_var[ch] + BN_EPS);
+}
+
+/*
+ * dgamma = sum dy * xhat, dbeta = sum dy (overwritten), and the
+ * coefficients of dx = k1 * dy + k2 * (x - mean) + k3:
+ * dx = gamma * rstd * (dy - sum dy / M - xhat * sum(dy * xhat) / M).
+ */
+__global__ void bn_grad_final_kernel(float *k1, float *k2, float *k3, float *dgamma, float *dbeta,
+                                     const double *part, int chunks, int c, double count,
+                                     const float *rstd, const float *gamma)
+{
+    FOR_EACH(ch, (size_t)c) {
+        double sdy = 0.0, sdx = 0.0;       /* sum dy, sum dy * (x - mean) */
+        for (int k = 0; k < chunks; k++) {
+            sdy += part[(size_t)k * 2 * c + ch];
+            sdx += part[(size_t)k * 2 * c + c + ch];
+        }
+        double rs = rstd[ch], gm = gamma[ch];
+        dgamma[ch] = (float)(sdx * rs);
+        dbeta[ch] = (float)sdy;
+        k1[ch] = (float)(gm * rs);
+        k2[ch] = (float)(-gm * rs * rs * rs * sdx / count);
+        k3[ch] = (float)(-gm * rs * sdy / count);
+    }
+}
+
+template <typename T>
+__global__ void bn_grad_apply_kernel(T *dx, DySource<T> src, const T *x, const float *mean,
+                                     const float *k1, const float *k2, const float *k3,
+                                     size_t rows, int c)
+{
+    FOR_EACH(i, rows * c) {
+        int ch = (int)(i % c);
+        size_t row = i / c;
+        float g = dy_at(src, row, i);
+        dx[i] = from_f<T>(k1[ch] * g + k2[ch] * (to_f(x[i]) - mean[ch]) + k3[ch]);
+    }
+}
+
+/* ---- the backend ---- */
+
+/* cuDNN algorithm candidates for one direction of one convolution */
+enum { MAX_ALGOS = 8 };
+typedef struct {
+    int algo[MAX_ALGOS];
+    cudnnMathType_t math[MAX_ALGOS];
+    size_t ws[MAX_ALGOS];
+    int count, cur;             /* cur: the one in use */
+} AlgoList;
+
+typedef struct {
+    const ConvDesc *d;
+    cudnnTensorDescriptor_t x, y;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;
+    AlgoList fwd, bwd_data, bwd_filter;
+    int n;                      /* batch the descriptors and algorithms are for; 0: none */
+    size_t slot;                /* element offset of its weights in Wc and Gc */
+} Conv;
+
+static size_t conv_weights(const ConvDesc *d)
+{
+    return (size_t)d->cout * (d->cin / d->groups) * d->k * d->k;
+}
+
+typedef struct {
+    const BnDesc *d;
+    float *mean, *rstd;         /* batch statistics, saved for backward (c) */
+    float *scale;               /* gamma * rstd, batch or running (c) */
+    int train;                  /* what the last bn_forward computed */
+} Bn;
+
+typedef struct {
+    void *r;                    /* resnet: relu(x), (n, ih, iw, cin) */
+    void *c[2][3];              /* conv outputs = batch-norm inputs */
+    void *act[2][2];            /* relu(bn(c[k][j])): inputs of conv[k][j+1] */
+    void *p1, *p2;              /* resnet projection: pool_s(r), pool_s(shift(r)) */
+    void *cat;                  /* the shortcut batch norm's input */
+    void *out;                  /* the block's output (n, oh, ow, cout) */
+    Conv conv[2][3], sc[2];
+    Bn bn[2][3], sc_bn;
+} Blk;
+
+/* pinned slots for the steps' variables: a slot is reused once its copy is done */
+enum { VARS_RING = 64 };
+
+struct Backend {
+    const Model *m;
+    int max_batch, device, use_bf16;
+    size_t esize;               /* bytes per activation element */
+    cudaStream_t stream;
+    cudnnHandle_t dnn;
+    cublasHandle_t blas;
+    cudnnDataType_t dtype;
+    float *P, *G, *M, *S;       /* params, grads, momentum (nparams); state (nstate) */
+    /* what cuDNN reads and writes: each conv's weights and filter gradient
+     * in the compute type, in 256-byte aligned slots (the float arenas'
+     * offsets are only 4-byte aligned) */
+    void *Wc, *Gc;
+    float *bn_arena;
+    double *part;               /* batch-norm partial sums */
+    float *k1, *k2, *k3;        /* batch-norm backward coefficients (max channels) */
+    void *ws;                   /* cuDNN workspace */
+    size_t ws_size;
+    float *x_stage;             /* host images, NCHW float */
+    void *xin;                  /* the images, NHWC */
+    Conv stem_conv;
+    Bn stem_bn;
+    void *stem_c, *stem_out;
+    Blk *blk;
+    float *pooled, *dpooled, *logits, *dlogits;
+    float *alpha, *beta, *half;
+    /* backward scratch, each max_act elements */
+    void *g[2], *dr, *dc, *dact, *dp1, *dp2, *s0, *s1;
+    size_t max_act;
+    int max_c;
+    int nconvs;
+    Conv **convs;               /* every conv, for layout and precision work */
+    void *act_arena;
+    /* set_data: the data sets' bytes and labels; batch: its indices */
+    uint8_t *pixels[2];
+    int data_n[2];
+    Norm norm[2];
+    int flip[2];
+    int *idx;                   /* (2, max_batch): batch indices, then the batch's labels */
+    int batch_n;                /* images batch() put in xin; 0: none */
+    /* train_step: the epoch order, the step's variables and sums, the graph */
+    int *order;
+    int order_cap, order_epoch;
+    const int *order_src;
+    StepVars *vars;             /* device: what the step's kernels read */
+    StepVars *vars_ring;        /* pinned host slots the copies come from */
+    cudaEvent_t vars_done[VARS_RING];
+    int vars_next;
+    StepAcc *acc;
+    void *blas_ws;
+    int use_graphs, warm;
+    cudaGraphExec_t graph;
+    TrainStep graph_key;        /* the constants the graph was captured with */
+    int train_n;
+    char what[160];             /* the configuration, for out-of-memory messages */
+};
+
+/* ---- allocation ---- */
+
+static int dev_alloc(Backend *be, void **p, size_t bytes, const char *what, Err *e)
+{
+    *p = NULL;
+    if (bytes == 0)
+        return 0;
+    cudaError_t st = cudaMalloc(p, bytes);
+    if (st == cudaErrorMemoryAllocation) {
+        cudaGetLastError();     /* clear it */
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return err_set(e, "out of GPU memory: %.1f MB for %s with %.1f MB free of %.1f MB "
+                          "(%s); try a smaller batch or precision=bf16",
+                       bytes / 1048576.0, what, free_b / 1048576.0, total_b / 1048576.0,
+                       be->what);
+    }
+    if (st != cudaSuccess)
+        return err_set(e, "cudaMalloc of %.1f MB for %s: %s", bytes / 1048576.0, what,
+                       cudaGetErrorString(st));
+    return 0;
+}
+
+/* Pieces of one allocation, in two passes as in ref.c: count, then place. */
+typedef struct {
+    char *base;
+    size_t used;
+} Carver;
+
+static void *carve(Carver *cv, size_t bytes)
+{
+    void *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += (bytes + 255) / 256 * 256;
+    return p;
+}
+
+static size_t conv_out_count(const ConvDesc *c, int n)
+{
+    return (size_t)n * c->cout * c->oh * c->ow;
+}
+
+static void layout_acts(Backend *be, Carver *cv)
+{
+    const Model *m = be->m;
+    const int N = be->max_batch;
+    const size_t E = be->esize;
+    const int resnet = m->spec.arch == ARCH_RESNET;
+    be->xin = carve(cv, (size_t)N * m->spec.in_c * m->spec.in_h * m->spec.in_w * E);
+    be->stem_c = carve(cv, conv_out_count(&m->stem_conv, N) * E);
+    be->stem_out = carve(cv, conv_out_count(&m->stem_conv, N) * E);
+    for (int b = 0; b < m->nblocks; b++) {
+        const BlockDesc *B = &m->blocks[b];
+        Blk *K = &be->blk[b];
+        K->r = resnet ? carve(cv, (size_t)N * B->cin * B->ih * B->iw * E) : NULL;
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < B->nconv; j++) {
+                K->c[k][j] = carve(cv, conv_out_count(&B->conv[k][j], N) * E);
+                if (j < B->nconv - 1)
+                    K->act[k][j] = carve(cv, conv_out_count(&B->conv[k][j], N) * E);
+            }
+        K->p1 = K->p2 = K->cat = NULL;
+        if (B->proj) {
+            if (resnet) {
+                K->p1 = carve(cv, (size_t)N * B->cin * B->oh * B->ow * E);
+                K->p2 = carve(cv, (size_t)N * B->cin * B->oh * B->ow * E);
+            }
+            K->cat = carve(cv, (size_t)N * B->cout * B->oh * B->ow * E);
+        }
+        K->out = carve(cv, (size_t)N * B->cout * B->oh * B->ow * E);
+    }
+    be->g[0] = carve(cv, be->max_act * E);
+    be->g[1] = carve(cv, be->max_act * E);
+    be->dr = carve(cv, be->max_act * E);
+    be->dc = carve(cv, be->max_act * E);
+    be->dact = carve(cv, be->max_act * E);
+    be->dp1 = carve(cv, be->max_act * E);
+    be->dp2 = carve(cv, be->max_act * E);
+    be->s0 = carve(cv, be->max_act * E);
+    be->s1 = carve(cv, be->max_act * E);
+}
+
+static void layout_bn(Bn *bn, const BnDesc *d, Carver *cv)
+{
+    bn->d = d;
+    bn->mean = (float *)carve(cv, d->c * sizeof(float));
+    bn->rstd = (float *)carve(cv, d->c * sizeof(float));
+    bn->scale = (float *)carve(cv, d->c * sizeof(float));
+}
+
+static void layout_bns(Backend *be, Carver *cv)
+{
+    const Model *m = be->m;
+    layout_bn(&be->stem_bn, &m->stem_bn, cv);
+    for (int b = 0; b < m->nblocks; b++) {
+        const BlockDesc *B = &m->blocks[b];
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < B->nconv; j++)
+                layout_bn(&be->blk[b].bn[k][j], &B->bn[k][j], cv);
+        if (B->proj)
+            layout_bn(&be->blk[b].sc_bn, &B->sc_bn, cv);
+    }
+}
+
+/* ---- convolutions ---- */
+
+static int conv_init(Backend *be, Conv *cv, const ConvDesc *d, Err *e)
+{
+    memset(cv, 0, sizeof *cv);
+    cv->d = d;
+    be->convs[be->nconvs++] = cv;   /* first, so that destroy frees what was made */
+    CKDNN(cudnnCreateTensorDescriptor(&cv->x));
+    CKDNN(cudnnCreateTensorDescriptor(&cv->y));
+    CKDNN(cudnnCreateFilterDescriptor(&cv->w));
+    CKDNN(cudnnCreateConvolutionDescriptor(&cv->conv));
+    CKDNN(cudnnSetFilter4dDescriptor(cv->w, be->dtype, CUDNN_TENSOR_NHWC, d->cout,
+                                     d->cin / d->groups, d->k, d->k));
+    CKDNN(cudnnSetConvolution2dDescriptor(cv->conv, d->pad, d->pad, d->stride, d->stride, 1, 1,
+                                          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    CKDNN(cudnnSetConvolutionGroupCount(cv->conv, d->groups));
+    return 0;
+}
+
+static void conv_destroy(Conv *cv)
+{
+    if (cv->x)
+        cudnnDestroyTensorDescriptor(cv->x);
+    if (cv->y)
+        cudnnDestroyTensorDescriptor(cv->y);
+    if (cv->w)
+        cudnnDestroyFilterDescriptor(cv->w);
+    if (cv->conv)
+        cudnnDestroyConvolutionDescriptor(cv->conv);
+}
+
+/* Workspace cap: algorithms that want more are passed over. */
+static const size_t WS_CAP = (size_t)512 << 20;
+
+/* cuDNN 9 reports "not supported" in a range of codes (3000-3999). */
+static int not_supported(cudnnStatus_t st)
+{
+    return st >= CUDNN_STATUS_NOT_SUPPORTED && st < CUDNN_STATUS_NOT_SUPPORTED + 1000;
+}
+
+/*
+ * The candidates from cuDNN's heuristics, best first: supported for this
+ * shape, allowed for the precision (fp32: true float32 only, FMA math),
+ * within the workspace cap, deterministic ones first (a run repeats exactly
+ * on the same GPU). A candidate that turns out unsupported when it runs is
+ * skipped for the next (see conv_forward).
+ */
+#define FILL_ALGOS(list, perf, got, okfn, wsfn)                                           \
+    do {                                                                                  \
+        (list).count = (list).cur = 0;                                                    \
+        for (int pass_ = 0; pass_ < 2; pass_++)                                           \
+            for (int q_ = 0; q_ < (got) && (list).count < MAX_ALGOS; q_++) {              \
+                const int det_ = (perf)[q_].determinism == CUDNN_DETERMINISTIC;           \
+                size_t ws_ = 0;                                                           \
+                if ((perf)[q_].status != CUDNN_STATUS_SUCCESS || det_ != (pass_ == 0) ||  \
+                    !okfn(be, (perf)[q_].algo, (perf)[q_].mathType) ||                    \
+                    wsfn((perf)[q_].algo, &ws_) != CUDNN_STATUS_SUCCESS || ws_ > WS_CAP)  \
+                    continue;                                                             \
+                (list).algo[(list).count] = (int)(perf)[q_].algo;                         \
+                (list).math[(list).count] = be->use_bf16 ? (perf)[q_].mathType           \
+                                                         : CUDNN_FMA_MATH;                \
+                (list).ws[(list).count++] = ws_;                                          \
+                need = ws_ > need ? ws_ : need;                                           \
+            }                                                                             \
+        if ((list).count == 0)                                                            \
+            return err_set(e, "cuDNN offers no usable algorithm for the %s of a %dx%d "   \
+                              "convolution %d -> %d (stride %d, groups %d) at batch %d "  \
+                              "in %s", #list, d->k, d->k, d->cin, d->cout, d->stride,     \
+                           d->groups, n, be->use_bf16 ? "bf16" : "fp32");                 \
+    } while (0)
+
+/* fp32 keeps to GEMM-like algorithms in FMA math: FFT and Winograd
+ * transforms, and TF32 tensor cores, add rounding that the 1e-4 comparison
+ * with ref would see. */
+static int fwd_ok(const Backend *be, cudnnConvolutionFwdAlgo_t a, cudnnMathType_t mt)
+{
+    if (be->use_bf16)
+        return 1;
+    return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
+           (a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+            a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+            a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT);
+}
+
+static int bwd_data_ok(const Backend *be, cudnnConvolutionBwdDataAlgo_t a, cudnnMathType_t mt)
+{
+    if (be->use_bf16)
+        return 1;
+    return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
+           (a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
+}
+
+static int bwd_filter_ok(const Backend *be, cudnnConvolutionBwdFilterAlgo_t a, cudnnMathType_t mt)
+{
+    if (be->use_bf16)
+        return 1;
+    return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
+           (a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
+            a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3);
+}
+
+/* A captured step holds buffer addresses: any reallocation ends it. */
+static void graph_drop(Backend *be)
+{
+    if (be->graph)
+        cudaGraphExecDestroy(be->graph);
+    be->graph = NULL;
+    be->warm = 0;
+}
+
+static int grow_workspace(Backend *be, size_t need, Err *e)
+{
+    if (need <= be->ws_size)
+        return 0;
+    graph_drop(be);
+    CK(cudaStreamSynchronize(be->stream));
+    CK(cudaFree(be->ws));
+    be->ws = NULL;
+    be->ws_size = 0;
+    TRY(dev_alloc(be, &be->ws, need, "the cuDNN workspace", e));
+    be->ws_size = need;
+    return 0;
+}
+
+/* Descriptors and algorithm candidates for batch n (kept until n changes). */
+static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
+{
+    if (cv->n == n)
+        return 0;
+    const ConvDesc *d = cv->d;
+    cv->n = 0;
+    CKDNN(cudnnSetTensor4dDescriptor(cv->x, CUDNN_TENSOR_NHWC, be->dtype, n, d->cin, d->ih, d->iw));
+    CKDNN(cudnnSetTensor4dDescriptor(cv->y, CUDNN_TENSOR_NHWC, be->dtype, n, d->cout, d->oh, d->ow));
+    /* the heuristics see the descriptor's math type: the widest the precision allows */
+    CKDNN(cudnnSetConvolutionMathType(cv->conv, be->use_bf16 ? CUDNN_TENSOR_OP_MATH
+                                                             : CUDNN_FMA_MATH));
+    size_t need = 0;
+    int got = 0;
+    cudnnHandle_t h = be->dnn;
+    cudnnConvolutionFwdAlgoPerf_t pf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    CKDNN(cudnnGetConvolutionForwardAlgorithm_v7(h, cv->x, cv->w, cv->conv, cv->y,
+                                                 CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, pf));
+    auto fwd_ws = [&](cudnnConvolutionFwdAlgo_t a, size_t *ws) {
+        return cudnnGetConvolutionForwardWorkspaceSize(h, cv->x, cv->w, cv->conv, cv->y, a, ws);
+    };
+    FILL_ALGOS(cv->fwd, pf, got, fwd_ok, fwd_ws);
+    cudnnConvolutionBwdDataAlgoPerf_t pd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    CKDNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cv->w, cv->y, cv->conv, cv->x,
+                                                      CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                      &got, pd));
+    auto data_ws = [&](cudnnConvolutionBwdDataAlgo_t a, size_t *ws) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, cv->w, cv->y, cv->conv, cv->x, a,
+                                                            ws);
+    };
+    FILL_ALGOS(cv->bwd_data, pd, got, bwd_data_ok, data_ws);
+    cudnnConvolutionBwdFilterAlgoPerf_t pw[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    CKDNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, cv->x, cv->y, cv->conv, cv->w,
+                                                        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                        &got, pw));
+    auto filter_ws = [&](cudnnConvolutionBwdFilterAlgo_t a, size_t *ws) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, cv->x, cv->y, cv->conv, cv->w, a,
+                                                              ws);
+    };
+    FILL_ALGOS(cv->bwd_filter, pw, got, bwd_filter_ok, filter_ws);
+    TRY(grow_workspace(be, need, e));
+    cv->n = n;
+    return 0;
+}
+
+/*
+ * Runs `call` (a cuDNN call using algo and the descriptor's math type) with
+ * the list's current candidate, moving on to the next one while cuDNN says
+ * a candidate is not supported after all.
+ */
+#define RUN_ALGOS(list, what, call)                                                       \
+    do {                                                                                  \
+        for (;;) {                                                                        \
+            if ((list).cur >= (list).count)                                               \
+                return err_set(e, "%s:%d: cuDNN ran none of %d candidate algorithms for " \
+                                  "the %s of a %dx%d convolution %d -> %d (groups %d)",   \
+                               __FILE__, __LINE__, (list).count, what, cv->d->k,          \
+                               cv->d->k, cv->d->cin, cv->d->cout, cv->d->groups);         \
+            CKDNN(cudnnSetConvolutionMathType(cv->conv, (list).math[(list).cur]));        \
+            const int algo = (list).algo[(list).cur];                                     \
+            cudnnStatus_t st_ = (call);                                                   \
+            if (st_ == CUDNN_STATUS_SUCCESS)                                              \
+                break;                                                                    \
+            if (!not_supported(st_))                                                      \
+                return err_set(e, "%s:%d: cuDNN %s: %s", __FILE__, __LINE__, what,        \
+                               cudnnGetErrorString(st_));                                 \
+            (list).cur++;                                                                 \
+        }                                                                                 \
+    } while (0)
+
+static const void *weights(const Backend *be, const Conv *cv)
+{
+    return (const char *)be->Wc + cv->slot * be->esize;
+}
+
+/* y = conv(x) */
+static int conv_forward(Backend *be, void *y, const void *x, Conv *cv, int n, Err *e)
+{
+    TRY(conv_prepare(be, cv, n, e));
+    const float one = 1.0f, zero = 0.0f;
+    RUN_ALGOS(cv->fwd, "forward",
+              cudnnConvolutionForward(be->dnn, &one, cv->x, x, cv->w, weights(be, cv), cv->conv,
+                                      (cudnnConvolutionFwdAlgo_t)algo, be->ws, be->ws_size, &zero,
+                                      cv->y, y));
+    return 0;
+}
+
+/* dx = (or += when accumulate) the input gradient */
+static int conv_backward_data(Backend *be, void *dx, const void *dy, Conv *cv, int n,
+                              int accumulate, Err *e)
+{
+    TRY(conv_prepare(be, cv, n, e));
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    RUN_ALGOS(cv->bwd_data, "backward data",
+              cudnnConvolutionBackwardData(be->dnn, &one, cv->w, weights(be, cv), cv->y, dy,
+                                           cv->conv, (cudnnConvolutionBwdDataAlgo_t)algo, be->ws,
+                                           be->ws_size, &beta, cv->x, dx));
+    return 0;
+}
+
+/* the filter gradient, overwritten */
+static int conv_backward_filter(Backend *be, const void *x, const void *dy, Conv *cv, int n,
+                                Err *e)
+{
+    TRY(conv_prepare(be, cv, n, e));
+    const float one = 1.0f, zero = 0.0f;
+    void *dw = (char *)be->Gc + cv->slot * be->esize;
+    RUN_ALGOS(cv->bwd_filter, "backward filter",
+              cudnnConvolutionBackwardFilter(be->dnn, &one, cv->x, x, cv->y, dy, cv->conv,
+                                             (cudnnConvolutionBwdFilterAlgo_t)algo, be->ws,
+                                             be->ws_size, &zero, cv->w, dw));
+    return 0;
+}
+
+/* ---- launch helpers: one place where precision picks the kernel ---- */
+
+/* Launches kernel<T> for the precision's element type; inside the argument
+ * list, T names that type (tp<T>(p) views an activation buffer as T *). */
+#define LAUNCH(kernel, count, ...)                                                   \
+    do {                                                                             \
+        if (be->use_bf16) {                                                              \
+            typedef bf16 T;                                                          \
+            kernel<T><<<blocks_for(count), THREADS, 0, be->stream>>>(__VA_ARGS__);   \
+        } else {                                                                     \
+            typedef float T;                                                         \
+            kernel<T><<<blocks_for(count), THREADS, 0, be->stream>>>(__VA_ARGS__);   \
+        }                                                                            \
+        CKLAUNCH();                                                                  \
+    } while (0)
+
+template <typename T> static T *tp(void *p) { return (T *)p; }
+template <typename T> static const T *tp(const void *p) { return (const T *)p; }
+
+/* Wc from the float32 parameters (after load and every update) */
+static int weights_refresh(Backend *be, Err *e)
+{
+    for (int i = 0; i < be->nconvs; i++) {
+        const Conv *cv = be->convs[i];
+        const size_t count = conv_weights(cv->d);
+        LAUNCH(from_float_kernel, count, tp<T>((char *)be->Wc + cv->slot * be->esize),
+               be->P + cv->d->w, count);
+    }
+    return 0;
+}
+
+static unsigned bn_chunks(size_t rows, int c)
+{
+    /* enough blocks to fill the GPU, each with a few hundred rows */
+    size_t ch = rows / 256;
+    int cblocks = (c + BN_TX - 1) / BN_TX;
+    if (ch * cblocks > 2048)
+        ch = 2048 / cblocks;
+    if (ch < 1)
+        ch = 1;
+    if (ch > BN_MAX_CHUNKS)
+        ch = BN_MAX_CHUNKS;
+    return (unsigned)ch;
+}
+
+/* Statistics (training) or running statistics (evaluation) into bn's
+ * scale and shift; x (rows, c). */
+static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train, Err *e)
+{
+    const BnDesc *d = bn->d;
+    const int c = d->c;
+    if (!train) {
+        bn_eval_kernel<<<blocks_for(c), THREADS, 0, be->stream>>>(bn->scale, be->P + d->gamma,
+                                                                   be->S + d->var, c);
+        CKLAUNCH();
+        bn->train = 0;
+        return 0;
+    }
+    unsigned chunks = bn_chunks(rows, c);
+    dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
+    if (be->use_bf16)
+        bn_stats_partial_kernel<bf16><<<grid, block, 0, be->stream>>>(be->part, (const bf16 *)x,
+                                                                      rows, c, (int)chunks);
+    else
+        bn_stats_partial_kernel<float><<<grid, block, 0, be->stream>>>(be->part, (const float *)x,
+                                                                       rows, c, (int)chunks);
+    CKLAUNCH();
+    bn_stats_final_kernel<<<blocks_for(c), THREADS, 0, be->stream>>>(
+        bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, be->part, (int)chunks, c,
+        (double)rows, be->P + d->gamma);
+    CKLAUNCH();
+    bn->train = 1;
+    return 0;
+}
+
+/* bn as the last bn_forward set it up: batch or running mean */
+static BnAffine affine(const Backend *be, const Bn *bn)
+{
+    BnAffine a = {bn->train ? bn->mean : be->S + bn->d->mean, bn->scale, be->P + bn->d->beta};
+    return a;
+}
+
+static int bn_apply(Backend *be, void *y, const void *x, const Bn *bn, size_t rows, int relu,
+                    Err *e)
+{
+    const int c = bn->d->c;
+    LAUNCH(bn_apply_kernel, rows * c, tp<T>(y), tp<T>(x), affine(be, bn), rows, c, relu);
+    return 0;
+}
+
+/*
+ * The batch norm's input gradient dx (rows, c) =, from its output gradient
+ * described by (d, m, coef, one_minus) as DySource; gamma and beta
+ * gradients overwritten. hw: rows per image (for coef).
+ */
+template <typename T>
+static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, const float *coef,
+                         int one_minus, int hw, const void *x, const Bn *bn, size_t rows, Err *e)
+{
+    const BnDesc *bd = bn->d;
+    const int c = bd->c;
+    DySource<T> src = {(const T *)d, (const T *)m, coef, one_minus, hw};
+    unsigned chunks = bn_chunks(rows, c);
+    dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
+    bn_grad_partial_kernel<T><<<grid, block, 0, be->stream>>>(be->part, src, (const T *)x,
+                                                              bn->mean, rows, c, (int)chunks);
+    CKLAUNCH();
+    bn_grad_final_kernel<<<blocks_for(c), THREADS, 0, be->stream>>>(
+        be->k1, be->k2, be->k3, be->G + bd->gamma, be->G + bd->beta, be->part, (int)chunks, c,
+        (double)rows, bn->rstd, be->P + bd->gamma);
+    CKLAUNCH();
+    bn_grad_apply_kernel<T><<<blocks_for(rows * c), THREADS, 0, be->stream>>>(
+        (T *)dx, src, (const T *)x, bn->mean, be->k1, be->k2, be->k3, rows, c);
+    CKLAUNCH();
+    return 0;
+}
+
+static int bn_backward(Backend *be, void *dx, const void *d, const void *m, const float *coef,
+                       int one_minus, int hw, const void *x, const Bn *bn, size_t rows, Err *e)
+{
+    return be->use_bf16 ? bn_backward_t<bf16>(be, dx, d, m, coef, one_minus, hw, x, bn, rows, e)
+                    : bn_backward_t<float>(be, dx, d, m, coef, one_minus, hw, x, bn, rows, e);
+}
+
+/* ---- create / destroy ---- */
+
+static void cuda_destroy(Backend *be)
+{
+    if (!be)
+        return;
+    if (be->stream) {           /* else the device was never set (or was bad) */
+        cudaSetDevice(be->device);
+        cudaStreamSynchronize(be->stream);
+    }
+    for (int i = 0; i < be->nconvs; i++)
+        conv_destroy(be->convs[i]);
+    void *bufs[] = {be->P,  be->G,       be->M,         be->S,      be->Wc,
+                    be->Gc, be->bn_arena, be->part,     be->k1,     be->ws,
+                    be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
+                    be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws};
+    if (be->graph)
+        cudaGraphExecDestroy(be->graph);
+    if (be->vars_ring) {
+        for (int i = 0; i < VARS_RING; i++)
+            if (be->vars_done[i])
+                cudaEventDestroy(be->vars_done[i]);
+        cudaFreeHost(be->vars_ring);
+    }
+    if (be->blas)               /* before its workspace goes */
+        cublasDestroy(be->blas);
+    if (be->dnn)
+        cudnnDestroy(be->dnn);
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            cudaFree(bufs[i]);
+    if (be->stream)
+        cudaStreamDestroy(be->stream);
+    /* nothing of this backend's may surface as a later call's error */
+    cudaGetLastError();
+    free(be->blk);
+    free(be->convs);
+    free(be);
+}
+
+int backend_cuda_devices(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+static int use_device(int device, Err *e)
+{
+    int count = 0;
+    cudaError_t st = cudaGetDeviceCount(&count);
+    if (st != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        return err_set(e, "cuda backend: no GPU visible (%s)",
+                       st != cudaSuccess ? cudaGetErrorString(st) : "no devices");
+    }
+    if (device < 0 || device >= count)
+        return err_set(e, "device=%d: this machine has %d GPU%s (0..%d)", device, count,
+                       count == 1 ? "" : "s", count - 1);
+    CK(cudaSetDevice(device));
+    return 0;
+}
+
+static int create_body(Backend *be, const BackendOptions *o, Err *e)
+{
+    const Model *m = be->m;
+    const int N = o->max_batch;
+    cudaGetLastError();         /* an earlier failure in this thread is not ours */
+    TRY(use_device(o->device, e));
+    /* a blocking stream: ordered after the default stream's copies and sets
+     * (load, store, set_data use those) */
+    CK(cudaStreamCreate(&be->stream));
+    CKDNN(cudnnCreate(&be->dnn));
+    CKDNN(cudnnSetStream(be->dnn, be->stream));
+    CKBLAS(cublasCreate(&be->blas));
+    CKBLAS(cublasSetStream(be->blas, be->stream));
+    /* fp32 classifier for both precisions: no TF32 */
+    CKBLAS(cublasSetMathMode(be->blas, CUBLAS_DEFAULT_MATH));
+    /* cuBLAS's own workspace, fixed, so that a captured step allocates nothing */
+    const size_t blas_ws = (size_t)32 << 20;
+    TRY(dev_alloc(be, &be->blas_ws, blas_ws, "the cuBLAS workspace", e));
+    CKBLAS(cublasSetWorkspace(be->blas, be->blas_ws, blas_ws));
+    TRY(dev_alloc(be, (void **)&be->vars, sizeof(StepVars), "step variables", e));
+    CK(cudaMallocHost((void **)&be->vars_ring, VARS_RING * sizeof(StepVars)));
+    for (int i = 0; i < VARS_RING; i++)
+        CK(cudaEventCreateWithFlags(&be->vars_done[i], cudaEventDisableTiming));
+    TRY(dev_alloc(be, (void **)&be->acc, sizeof(StepAcc), "step sums", e));
+    StepAcc zero_acc = {0.0, 0ull, ~0ull};
+    CK(cudaMemcpy(be->acc, &zero_acc, sizeof zero_acc, cudaMemcpyHostToDevice));
+    be->order_epoch = -1;
+    const char *graphs = getenv("SHAKE_CUDA_GRAPHS");
+    be->use_graphs = !(graphs && strcmp(graphs, "0") == 0);
+
+    /* sizes: the largest activation and channel count */
+    size_t max_act = (size_t)N * m->spec.in_c * m->spec.in_h * m->spec.in_w;
+    int max_c = m->stem_bn.c;
+    size_t stem = conv_out_count(&m->stem_conv, N);
+    if (stem > max_act)
+        max_act = stem;
+    for (int b = 0; b < m->nblocks; b++) {
+        const BlockDesc *B = &m->blocks[b];
+        size_t in = (size_t)N * B->cin * B->ih * B->iw, out = (size_t)N * B->cout * B->oh * B->ow;
+        max_act = in > max_act ? in : max_act;
+        max_act = out > max_act ? out : max_act;
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < B->nconv; j++) {
+                size_t s = conv_out_count(&B->conv[k][j], N);
+                max_act = s > max_act ? s : max_act;
+                max_c = B->bn[k][j].c > max_c ? B->bn[k][j].c : max_c;
+            }
+        max_c = B->cout > max_c ? B->cout : max_c;
+    }
+    be->max_act = max_act;
+    be->max_c = max_c;
+
+    /* every conv: stem, branches, shortcuts */
+    be->blk = (Blk *)calloc((size_t)m->nblocks, sizeof(Blk));
+    be->convs = (Conv **)calloc((size_t)1 + (size_t)m->nblocks * 8, sizeof(Conv *));
+    if (!be->blk || !be->convs)
+        return err_set(e, "cuda backend: out of host memory");
+    TRY(conv_init(be, &be->stem_conv, &m->stem_conv, e));
+    for (int b = 0; b < m->nblocks; b++) {
+        const BlockDesc *B = &m->blocks[b];
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < B->nconv; j++)
+                TRY(conv_init(be, &be->blk[b].conv[k][j], &B->conv[k][j], e));
+        if (B->proj)
+            for (int p = 0; p < B->nsc; p++)
+                TRY(conv_init(be, &be->blk[b].sc[p], &B->sc[p], e));
+    }
+
+    const size_t np = m->nparams, ns = m->nstate;
+    TRY(dev_alloc(be, (void **)&be->P, np * 4, "parameters", e));
+    TRY(dev_alloc(be, (void **)&be->G, np * 4, "gradients", e));
+    TRY(dev_alloc(be, (void **)&be->M, np * 4, "momentum", e));
+    TRY(dev_alloc(be, (void **)&be->S, ns * 4, "running statistics", e));
+    CK(cudaMemset(be->G, 0, np * 4));
+    CK(cudaMemset(be->M, 0, np * 4));
+    size_t slots = 0;
+    for (int i = 0; i < be->nconvs; i++) {
+        be->convs[i]->slot = slots;
+        slots += (conv_weights(be->convs[i]->d) + 127) / 128 * 128;
+    }
+    TRY(dev_alloc(be, &be->Wc, slots * be->esize, "convolution weights", e));
+    TRY(dev_alloc(be, &be->Gc, slots * be->esize, "convolution filter gradients", e));
+    Carver cv = {NULL, 0};
+    layout_bns(be, &cv);
+    TRY(dev_alloc(be, (void **)&be->bn_arena, cv.used, "batch-norm statistics", e));
+    cv = (Carver){(char *)be->bn_arena, 0};
+    layout_bns(be, &cv);
+    TRY(dev_alloc(be, (void **)&be->part, (size_t)BN_MAX_CHUNKS * 2 * max_c * sizeof(double),
+                  "batch-norm partial sums", e));
+    TRY(dev_alloc(be, (void **)&be->k1, (size_t)3 * max_c * sizeof(float),
+                  "batch-norm coefficients", e));
+    be->k2 = be->k1 + max_c;
+    be->k3 = be->k2 + max_c;
+    TRY(dev_alloc(be, (void **)&be->x_stage,
+                  (size_t)N * m->spec.in_c * m->spec.in_h * m->spec.in_w * 4, "input images", e));
+    cv = (Carver){NULL, 0};
+    layout_acts(be, &cv);
+    TRY(dev_alloc(be, &be->act_arena, cv.used, "activations", e));
+    cv = (Carver){(char *)be->act_arena, 0};
+    layout_acts(be, &cv);
+    /* head and coefficients: float */
+    const size_t nb = (size_t)m->nblocks;
+    size_t head = (size_t)2 * N * m->fc_in + (size_t)2 * N * m->spec.classes + 2 * nb * N + N;
+    TRY(dev_alloc(be, (void **)&be->pooled, head * 4, "classifier buffers", e));
+    be->dpooled = be->pooled + (size_t)N * m->fc_in;
+    be->logits = be->dpooled + (size_t)N * m->fc_in;
+    be->dlogits = be->logits + (size_t)N * m->spec.classes;
+    TRY(dev_alloc(be, (void **)&be->alpha, (2 * nb * N + N) * 4, "coefficients", e));
+    be->beta = be->alpha + nb * N;
+    be->half = be->beta + nb * N;
+    fill_kernel<<<blocks_for(N), THREADS, 0, be->stream>>>(be->half, 0.5f, (size_t)N);
+    CKLAUNCH();
+    /* algorithms and workspace for the full batch now, so that memory
+     * problems show at create */
+    for (int i = 0; i < be->nconvs; i++)
+        TRY(conv_prepare(be, be->convs[i], N, e));
+    CK(cudaStreamSynchronize(be->stream));
+    return 0;
+}
+
+static Backend *cuda_create(const Model *m, const BackendOptions *o, Err *e)
+{
+    if (o->max_batch < 1) {
+        err_set(e, "cuda backend: max_batch must be at least 1, got %d", o->max_batch);
+        return NULL;
+    }
+    Backend *be = (Backend *)calloc(1, sizeof *be);
+    if (!be) {
+        err_set(e, "cuda backend: out of host memory");
+        return NULL;
+    }
+    be->m = m;
+    be->max_batch = o->max_batch;
+    be->device = o->device;
+    be->use_bf16 = o->precision == PRECISION_BF16;
+    be->esize = be->use_bf16 ? 2 : 4;
+    be->dtype = be->use_bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    char desc[64];
+    model_describe(m, desc, sizeof desc);
+    snprintf(be->what, sizeof be->what, "model %s, batch %d, precision %s, device %d", desc,
+             o->max_batch, be->use_bf16 ? "bf16" : "fp32", o->device);
+    if (create_body(be, o, e)) {
+        cuda_destroy(be);
+        return NULL;
+    }
+    return be;
+}
+
+/* ---- load / store: PyTorch layouts on the host, NHWC filters here ---- */
+
+/* (K, C, R, S) <-> (K, R, S, C) for every conv with k > 1, in place via tmp */
+static void permute_convs(const Backend *be, float *arena, float *tmp, int to_device)
+{
+    for (int i = 0; i < be->nconvs; i++) {
+        const ConvDesc *d = be->convs[i]->d;
+        if (d->k == 1)
+            continue;
+        const int K = d->cout, C = d->cin / d->groups, R = d->k, S = d->k;
+        float *w = arena + d->w;
+        memcpy(tmp, w, (size_t)K * C * R * S * sizeof(float));
+        for (int k = 0; k < K; k++)
+            for (int c = 0; c < C; c++)
+                for (int r = 0; r < R; r++)
+                    for (int s = 0; s < S; s++) {
+                        size_t kcrs = (((size_t)k * C + c) * R + r) * S + s;
+                        size_t krsc = (((size_t)k * R + r) * S + s) * C + c;
+                        if (to_device)
+                            w[krsc] = tmp[kcrs];
+                        else
+                            w[kcrs] = tmp[krsc];
+                    }
+    }
+}
+
+static size_t largest_conv(const Backend *be)
+{
+    size_t n = 1;
+    for (int i = 0; i < be->nconvs; i++) {
+        const ConvDesc *d = be->convs[i]->d;
+        size_t s = (size_t)d->cout * (d->cin / d->groups) * d->k * d->k;
+        n = s > n ? s : n;
+    }
+    return n;
+}
+
+/* host arena (canonical) -> device arena (device layout) */
+static int upload_params(Backend *be, float *dst, const float *src, Err *e)
+{
+    const size_t np = be->m->nparams;
+    float *h = (float *)malloc(np * sizeof(float));
+    float *tmp = (float *)malloc(largest_conv(be) * sizeof(float));
+    if (!h || !tmp) {
+        free(h);
+        free(tmp);
+        return err_set(e, "cuda backend: out of host memory");
+    }
+    memcpy(h, src, np * sizeof(float));
+    permute_convs(be, h, tmp, 1);
+    cudaError_t st = cudaMemcpy(dst, h, np * sizeof(float), cudaMemcpyHostToDevice);
+    free(h);
+    free(tmp);
+    CK(st);
+    return 0;
+}
+
+static int download_params(Backend *be, float *dst, const float *src, Err *e)
+{
+    const size_t np = be->m->nparams;
+    float *tmp = (float *)malloc(largest_conv(be) * sizeof(float));
+    if (!tmp)
+        return err_set(e, "cuda backend: out of host memory");
+    cudaError_t st = cudaMemcpy(dst, src, np * sizeof(float), cudaMemcpyDeviceToHost);
+    if (st == cudaSuccess)
+        permute_convs(be, dst, tmp, 0);
+    free(tmp);
+    CK(st);
+    return 0;
+}
+
+static int cuda_load(Backend *be, const float *params, const float *state, const float *momentum,
+                     Err *e)
+{
+    const Model *m = be->m;
+    CK(cudaSetDevice(be->device));
+    CK(cudaStreamSynchronize(be->stream));
+    TRY(upload_params(be, be->P, params, e));
+    if (momentum)
+        TRY(upload_params(be, be->M, momentum, e));
+    else
+        CK(cudaMemset(be->M, 0, m->nparams * sizeof(float)));
+    CK(cudaMemcpy(be->S, state, m->nstate * sizeof(float), cudaMemcpyHostToDevice));
+    TRY(weights_refresh(be, e));
+    CK(cudaStreamSynchronize(be->stream));
+    be->train_n = 0;
+    return 0;
+}
+
+static int cuda_store(Backend *be, float *params, float *state, float *momentum, float *grads,
+                      Err *e)
+{
+    CK(cudaSetDevice(be->device));
+    CK(cudaStreamSynchronize(be->stream));
+    if (params)
+        TRY(download_params(be, params, be->P, e));
+    if (momentum)
+        TRY(download_params(be, momentum, be->M, e));
+    if (grads)
+        TRY(download_params(be, grads, be->G, e));
+    if (state)
+        CK(cudaMemcpy(state, be->S, be->m->nstate * sizeof(float), cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+/* ---- forward ---- */
+
+static int block_forward(Backend *be, int b, const void *x, const float *coef, int n, int train,
+                         Err *e)
+{
+    const Model *m = be->m;
+    const BlockDesc *B = &m->blocks[b];
+    Blk *K = &be->blk[b];
+    const int resnet = m->spec.arch == ARCH_RESNET;
+    const size_t in_count = (size_t)n * B->cin * B->ih * B->iw;
+    const int last = B->nconv - 1;
+
+    /* resnet blocks are pre-activation: branches and projection see relu(x) */
+    const void *bin = x;
+    if (resnet) {
+        LAUNCH(relu_kernel, in_count, tp<T>(K->r), tp<T>(x), in_count);
+        bin = K->r;
+    }
+    for (int k = 0; k < 2; k++) {
+        const void *h = bin;
+        for (int j = 0; j < B->nconv; j++) {
+            const ConvDesc *c = &B->conv[k][j];
+            const size_t rows = (size_t)n * c->oh * c->ow;
+            TRY(conv_forward(be, K->c[k][j], h, &K->conv[k][j], n, e));
+            TRY(bn_forward(be, &K->bn[k][j], K->c[k][j], rows, train, e));
+            if (j < last) {
+                TRY(bn_apply(be, K->act[k][j], K->c[k][j], &K->bn[k][j], rows, 1, e));
+                h = K->act[k][j];
+            }
+        }
+    }
+    const size_t orows = (size_t)n * B->oh * B->ow;
+    if (B->proj) {
+        if (resnet) {
+            const size_t pc = orows * B->cin;
+            LAUNCH(pool_shift_kernel, pc, tp<T>(K->p1), tp<T>(K->p2), tp<T>(K->r), n, B->ih,
+                   B->iw, B->cin, B->stride, B->oh, B->ow, m->spec.shift == SHIFT_REIMPL);
+            TRY(conv_forward(be, be->s0, K->p1, &K->sc[0], n, e));
+            TRY(conv_forward(be, be->s1, K->p2, &K->sc[1], n, e));
+            const int ca = B->sc[0].cout, cb = B->sc[1].cout;
+            LAUNCH(concat_kernel, orows * B->cout, tp<T>(K->cat), tp<T>(be->s0), tp<T>(be->s1),
+                   orows, ca, cb);
+        } else {
+            TRY(conv_forward(be, K->cat, x, &K->sc[0], n, e));
+        }
+        TRY(bn_forward(be, &K->sc_bn, K->cat, orows, train, e));
+    }
+    const Bn *b0 = &K->bn[0][last], *b1 = &K->bn[1][last];
+    const BnAffine no_bn = {NULL, NULL, NULL};
+    LAUNCH(shake_combine_kernel, orows * B->cout, tp<T>(K->out), tp<T>(K->c[0][last]),
+           tp<T>(K->c[1][last]), affine(be, b0), affine(be, b1),
+           tp<T>(B->proj ? (const void *)K->cat : x), B->proj ? affine(be, &K->sc_bn) : no_bn,
+           coef, n, B->oh * B->ow, B->cout, !resnet);
+    return 0;
+}
+
+static int forward_enqueue(Backend *be, int n, int train, Err *e);
+
+static int cuda_forward(Backend *be, float *logits, const float *x, const float *alpha, int n,
+                        int train, Err *e)
+{
+    const Model *m = be->m;
+    const ModelSpec *s = &m->spec;
+    if (n < 1 || n > be->max_batch)
+        return err_set(e, "cuda forward: batch %d outside 1..%d", n, be->max_batch);
+    if (train && !alpha)
+        return err_set(e, "cuda forward: training needs alpha");
+    CK(cudaSetDevice(be->device));
+    if (!x && be->batch_n != n)
+        return err_set(e, "cuda forward: no input (x is NULL and batch() made %d images, not %d)",
+                       be->batch_n, n);
+    be->train_n = 0;
+    const int hw_in = s->in_h * s->in_w;
+    if (train)
+        CK(cudaMemcpyAsync(be->alpha, alpha, (size_t)m->nblocks * n * sizeof(float),
+                           cudaMemcpyHostToDevice, be->stream));
+    if (x) {
+        CK(cudaMemcpyAsync(be->x_stage, x, (size_t)n * s->in_c * hw_in * sizeof(float),
+                           cudaMemcpyHostToDevice, be->stream));
+        const size_t xc = (size_t)n * s->in_c * hw_in;
+        LAUNCH(nchw_to_nhwc_kernel, xc, tp<T>(be->xin), be->x_stage, n, s->in_c, hw_in);
+    }
+    be->batch_n = 0;            /* a batch is used once */
+    TRY(forward_enqueue(be, n, train, e));
+    CK(cudaMemcpyAsync(logits, be->logits, (size_t)n * s->classes * sizeof(float),
+                       cudaMemcpyDeviceToHost, be->stream));
+    CK(cudaStreamSynchronize(be->stream));
+    if (train)
+        be->train_n = n;
+    return 0;
+}
+
+/* The network on be->xin (and be->alpha when training) into be->logits,
+ * queued on the stream: no copies, no synchronization (capturable). */
+static int forward_enqueue(Backend *be, int n, int train, Err *e)
+{
+    const Model *m = be->m;
+    const ModelSpec *s = &m->spec;
+    const ConvDesc *sc = &m->stem_conv;
+    const size_t srows = (size_t)n * sc->oh * sc->ow;
+    TRY(conv_forward(be, be->stem_c, be->xin, &be->stem_conv, n, e));
+    TRY(bn_forward(be, &be->stem_bn, be->stem_c, srows, train, e));
+    TRY(bn_apply(be, be->stem_out, be->stem_c, &be->stem_bn, srows, m->stem_relu, e));
+    const void *h = be->stem_out;
+    for (int b = 0; b < m->nblocks; b++) {
+        TRY(block_forward(be, b, h, train ? be->alpha + (size_t)b * n : be->half, n, train, e));
+        h = be->blk[b].out;
+    }
+    const int fhw = m->feat_h * m->feat_w;
+    const int resnet = s->arch == ARCH_RESNET;
+    const size_t pc = (size_t)n * m->fc_in;
+    if (be->use_bf16)
+        head_pool_kernel<bf16><<<blocks_for(pc), THREADS, 0, be->stream>>>(
+            be->pooled, (const bf16 *)h, n, fhw, m->fc_in, resnet);
+    else
+        head_pool_kernel<float><<<blocks_for(pc), THREADS, 0, be->stream>>>(
+            be->pooled, (const float *)h, n, fhw, m->fc_in, resnet);
+    CKLAUNCH();
+    /* logits (n, K) row-major = pooled (n, I) @ W^T, W (K, I) row-major:
+     * column-major, logits^T (K, n) = W_cm^T (K, I) pooled_cm (I, n) */
+    const float one = 1.0f, zero = 0.0f;
+    const int K = s->classes, I = m->fc_in;
+    CKBLAS(cublasSgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, K, n, I, &one, be->P + m->fc_w, I,
+                       be->pooled, I, &zero, be->logits, K));
+    bias_add_kernel<<<blocks_for((size_t)n * K), THREADS, 0, be->stream>>>(be->logits,
+                                                                         be->P + m->fc_b, n, K);
+    CKLAUNCH();
+    return 0;
+}
+
+/* ---- backward ---- */
+
+/*
+ * The gradient of block_forward. g (n, oh, ow, cout): d(out); dx (n, ih, iw,
+ * cin) = d(x), overwritten; beta (n) on the device. Uses be->dc, be->dact,
+ * be->dr, be->dp1, be->dp2, be->s0, be->s1 as scratch.
+ */
+static int block_backward(Backend *be, int b, void *dx, const void *g, const void *x,
+                          const float *beta, int n, Err *e)
+{
+    const Model *m = be->m;
+    const BlockDesc *B = &m->blocks[b];
+    Blk *K = &be->blk[b];
+    const int resnet = m->spec.arch == ARCH_RESNET;
+    const int last = B->nconv - 1;
+    const int ohw = B->oh * B->ow;
+    const size_t orows = (size_t)n * ohw;
+    const size_t in_count = (size_t)n * B->cin * B->ih * B->iw;
+    /* resnext: y = relu(sum), so every use of g is masked by out > 0 */
+    const void *mask = resnet ? NULL : K->out;
+    /* the branches' input and where its gradient goes */
+    const void *bin = resnet ? K->r : x;
+    void *dbin = resnet ? be->dr : dx;
+
+    for (int k = 0; k < 2; k++) {
+        for (int j = last; j >= 0; j--) {
+            const ConvDesc *c = &B->conv[k][j];
+            const size_t rows = (size_t)n * c->oh * c->ow;
+            if (j == last) /* branch k gets beta * g (k = 0) or (1 - beta) * g (k = 1) */
+                TRY(bn_backward(be, be->dc, g, mask, beta, k == 1, ohw, K->c[k][j], &K->bn[k][j],
+                                rows, e));
+            else           /* through relu(bn(c)) */
+                TRY(bn_backward(be, be->dc, be->dact, K->act[k][j], NULL, 0, 1, K->c[k][j],
+                                &K->bn[k][j], rows, e));
+            const void *in = j > 0 ? K->act[k][j - 1] : bin;
+            TRY(conv_backward_filter(be, in, be->dc, &K->conv[k][j], n, e));
+            if (j > 0)
+                TRY(conv_backward_data(be, be->dact, be->dc, &K->conv[k][j], n, 0, e));
+            else
+                TRY(conv_backward_data(be, dbin, be->dc, &K->conv[k][j], n, k == 1, e));
+        }
+    }
+
+    if (resnet) {
+        if (B->proj) {
+            const int ca = B->sc[0].cout, cb = B->sc[1].cout;
+            TRY(bn_backward(be, be->dc, g, NULL, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
+            LAUNCH(split_kernel, orows * B->cout, tp<T>(be->s0), tp<T>(be->s1),
+                   tp<T>((const void *)be->dc), orows, ca, cb);
+            TRY(conv_backward_filter(be, K->p1, be->s0, &K->sc[0], n, e));
+            TRY(conv_backward_filter(be, K->p2, be->s1, &K->sc[1], n, e));
+            TRY(conv_backward_data(be, be->dp1, be->s0, &K->sc[0], n, 0, e));
+            TRY(conv_backward_data(be, be->dp2, be->s1, &K->sc[1], n, 0, e));
+            LAUNCH(pool_shift_backward_kernel, in_count, tp<T>(be->dr),
+                   tp<T>((const void *)be->dp1), tp<T>((const void *)be->dp2), n, B->ih, B->iw,
+                   B->cin, B->stride, B->oh, B->ow, m->spec.shift == SHIFT_REIMPL);
+        }
+        /* after every consumer of relu(x) has added its share; the identity
+         * shortcut passes g straight through */
+        LAUNCH(relu_backward_add_kernel, in_count, tp<T>(dx), tp<T>((const void *)be->dr),
+               tp<T>(x), tp<T>(B->proj ? NULL : g), in_count);
+    } else if (B->proj) {
+        TRY(bn_backward(be, be->dc, g, mask, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
+        TRY(conv_backward_filter(be, x, be->dc, &K->sc[0], n, e));
+        TRY(conv_backward_data(be, dx, be->dc, &K->sc[0], n, 1, e));
+    } else {
+        LAUNCH(add_masked_kernel, in_count, tp<T>(dx), tp<T>(g), tp<T>((const void *)K->out),
+               in_count);
+    }
+    return 0;
+}
+
+static int backward_enqueue(Backend *be, int n, Err *e);
+
+static int cuda_backward(Backend *be, const float *dlogits, const float *beta, int n, Err *e)
+{
+    const Model *m = be->m;
+    const ModelSpec *s = &m->spec;
+    if (be->train_n == 0)
+        return err_set(e, "cuda backward: no training forward to differentiate");
+    if (n != be->train_n)
+        return err_set(e, "cuda backward: batch %d, but the forward had %d", n, be->train_n);
+    CK(cudaSetDevice(be->device));
+    const int K = s->classes;
+    CK(cudaMemcpyAsync(be->dlogits, dlogits, (size_t)n * K * sizeof(float),
+                       cudaMemcpyHostToDevice, be->stream));
+    CK(cudaMemcpyAsync(be->beta, beta, (size_t)m->nblocks * n * sizeof(float),
+                       cudaMemcpyHostToDevice, be->stream));
+    TRY(backward_enqueue(be, n, e));
+    CK(cudaStreamSynchronize(be->stream));
+    return 0;
+}
+
+/* The gradients from be->dlogits and be->beta, queued (capturable). */
+static int backward_enqueue(Backend *be, int n, Err *e)
+{
+    const Model *m = be->m;
+    const ModelSpec *s = &m->spec;
+    const int K = s->classes, I = m->fc_in;
+
+    /* classifier, column-major views as in forward:
+     * dW_cm (I, K) = pooled_cm (I, n) dlogits_cm^T (n, K);
+     * dpooled_cm (I, n) = W_cm (I, K) dlogits_cm (K, n) */
+    const float one = 1.0f, zero = 0.0f;
+    CKBLAS(cublasSgemm(be->blas, CUBLAS_OP_N, CUBLAS_OP_T, I, K, n, &one, be->pooled, I,
+                       be->dlogits, K, &zero, be->G + m->fc_w, I));
+    CKBLAS(cublasSgemm(be->blas, CUBLAS_OP_N, CUBLAS_OP_N, I, n, K, &one, be->P + m->fc_w, I,
+                       be->dlogits, K, &zero, be->dpooled, I));
+    column_sum_kernel<<<blocks_for(K), THREADS, 0, be->stream>>>(be->G + m->fc_b, be->dlogits, n,
+                                                                 K);
+    CKLAUNCH();
+
+    /* global pooling; resnet's head ReLU masks by the last block's output */
+    const int fhw = m->feat_h * m->feat_w;
+    const void *hlast = be->blk[m->nblocks - 1].out;
+    int cur = 0;
+    LAUNCH(head_pool_backward_kernel, (size_t)n * fhw * I, tp<T>(be->g[cur]), be->dpooled,
+           tp<T>(hlast), n, fhw, I, s->arch == ARCH_RESNET);
+    for (int b = m->nblocks - 1; b >= 0; b--) {
+        const void *x = b > 0 ? be->blk[b - 1].out : be->stem_out;
+        TRY(block_backward(be, b, be->g[1 - cur], be->g[cur], x, be->beta + (size_t)b * n, n, e));
+        cur = 1 - cur;
+    }
+
+    /* stem: relu (resnext) and batch norm, then the filter gradient only */
+    const ConvDesc *sc = &m->stem_conv;
+    const size_t srows = (size_t)n * sc->oh * sc->ow;
+    TRY(bn_backward(be, be->dc, be->g[cur], m->stem_relu ? be->stem_out : NULL, NULL, 0, 1,
+                    be->stem_c, &be->stem_bn, srows, e));
+    TRY(conv_backward_filter(be, be->xin, be->dc, &be->stem_conv, n, e));
+
+    for (int i = 0; i < be->nconvs; i++) {
+        const Conv *cv = be->convs[i];
+        const size_t count = conv_weights(cv->d);
+        LAUNCH(to_float_kernel, count, be->G + cv->d->w,
+               tp<T>((const void *)((const char *)be->Gc + cv->slot * be->esize)), count);
+    }
+    return 0;
+}
+
+static int cuda_update(Backend *be, float lr, float momentum, float wd, Err *e)
+{
+    const size_t np = be->m->nparams;
+    CK(cudaSetDevice(be->device));
+    sgd_kernel<<<blocks_for(np), THREADS, 0, be->stream>>>(be->P, be->M, be->G, np, lr,
+                                                           momentum, wd, NULL);
+    CKLAUNCH();
+    TRY(weights_refresh(be, e));
+    CK(cudaStreamSynchronize(be->stream));
+    return 0;
+}
+
+/* ---- data on the device ---- */
+
+static Norm norm_of(const Dataset *d)
+{
+    Norm nm;
+    memset(&nm, 0, sizeof nm);
+    for (int c = 0; c < d->c && c < 3; c++) {
+        nm.mean[c] = d->mean[c];
+        nm.std[c] = d->std[c];
+    }
+    return nm;
+}
+
+static int cuda_set_data(Backend *be, const Dataset *train, const Dataset *test, Err *e)
+{
+    const ModelSpec *s = &be->m->spec;
+    const Dataset *sets[2] = {train, test};
+    CK(cudaSetDevice(be->device));
+    for (int k = 0; k < 2; k++) {
+        const Dataset *d = sets[k];
+        if (be->pixels[k]) {
+            graph_drop(be);
+            CK(cudaFree(be->pixels[k]));
+            be->pixels[k] = NULL;
+        }
+        be->data_n[k] = 0;
+        if (!d)
+            continue;
+        if (d->c != s->in_c || d->h != s->in_h || d->w != s->in_w || d->c > 3)
+            return err_set(e, "cuda set_data: %s images are %dx%dx%d, the model takes %dx%dx%d",
+                           k ? "test" : "training", d->c, d->h, d->w, s->in_c, s->in_h, s->in_w);
+        const size_t bytes = (size_t)d->n * d->c * d->h * d->w;
+        /* pixels then labels, one allocation */
+        TRY(dev_alloc(be, (void **)&be->pixels[k], bytes + (size_t)d->n,
+                      k ? "the test set" : "the training set", e));
+        CK(cudaMemcpy(be->pixels[k], d->pixels, bytes, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(be->pixels[k] + bytes, d->labels, (size_t)d->n, cudaMemcpyHostToDevice));
+        be->data_n[k] = d->n;
+        be->norm[k] = norm_of(d);
+        be->flip[k] = d->flip;
+    }
+    if (!be->idx)
+        TRY(dev_alloc(be, (void **)&be->idx, (size_t)2 * be->max_batch * sizeof(int),
+                      "batch indices", e));
+    return 0;
+}
+
+static int cuda_batch(Backend *be, int set, const int *idx, int count, uint64_t seed, int epoch,
+                      int augment, Err *e)
+{
+    const ModelSpec *s = &be->m->spec;
+    if (set < 0 || set > 1 || !be->pixels[set])
+        return err_set(e, "cuda batch: no %s set on the device (set_data first)",
+                       set ? "test" : "training");
+    if (count < 1 || count > be->max_batch)
+        return err_set(e, "cuda batch: %d images outside 1..%d", count, be->max_batch);
+    for (int j = 0; j < count; j++)
+        if (idx[j] < 0 || idx[j] >= be->data_n[set])
+            return err_set(e, "cuda batch: image %d outside the set's %d", idx[j],
+                           be->data_n[set]);
+    CK(cudaSetDevice(be->device));
+    CK(cudaMemcpyAsync(be->idx, idx, (size_t)count * sizeof(int), cudaMemcpyHostToDevice,
+                       be->stream));
+    const size_t bytes = (size_t)be->data_n[set] * s->in_c * s->in_h * s->in_w;
+    const size_t total = (size_t)count * s->in_c * s->in_h * s->in_w;
+    /* the labels go to the idx buffer's second half, unused: the host has them */
+    LAUNCH(data_batch_kernel, total, tp<T>(be->xin), be->idx + be->max_batch, be->pixels[set],
+           be->pixels[set] + bytes, be->idx, count, s->in_c, s->in_h, s->in_w, be->norm[set],
+           be->flip[set], seed, epoch, augment, 0, (const StepVars *)NULL);
+    be->batch_n = count;
+    return 0;
+}
+
+/* ---- the whole step on the device ---- */
+
+/* batch, draws, forward, loss, backward, update: queued, capturable */
+static int step_enqueue(Backend *be, const TrainStep *ts, Err *e)
+{
+    const Model *m = be->m;
+    const ModelSpec *s = &m->spec;
+    const int n = ts->count;
+    const size_t bytes = (size_t)be->data_n[0] * s->in_c * s->in_h * s->in_w;
+    const size_t total = (size_t)n * s->in_c * s->in_h * s->in_w;
+    int *labels = be->idx + be->max_batch;
+    LAUNCH(data_batch_kernel, total, tp<T>(be->xin), labels, be->pixels[0], be->pixels[0] + bytes,
+           (const int *)be->order, n, s->in_c, s->in_h, s->in_w, be->norm[0], be->flip[0],
+           ts->seed, 0, ts->augment, 0, (const StepVars *)be->vars);
+    shake_draw_kernel<<<blocks_for((size_t)m->nblocks * n), THREADS, 0, be->stream>>>(
+        be->alpha, be->beta, m->nblocks, n, ts->seed, 0u, ts->forward, ts->backward, ts->level,
+        be->vars);
+    CKLAUNCH();
+    TRY(forward_enqueue(be, n, 1, e));
+    xent_kernel<<<blocks_for(n), THREADS, 0, be->stream>>>(be->dlogits, be->acc, be->logits,
+                                                           labels, n, s->classes, be->vars);
+    CKLAUNCH();
+    TRY(backward_enqueue(be, n, e));
+    const size_t np = m->nparams;
+    sgd_kernel<<<blocks_for(np), THREADS, 0, be->stream>>>(be->P, be->M, be->G, np, 0.0f,
+                                                           ts->momentum, ts->wd, be->vars);
+    CKLAUNCH();
+    TRY(weights_refresh(be, e));
+    return 0;
+}
+
+/* the settings a captured step bakes in */
+static int same_constants(const TrainStep *a, const TrainStep *b)
+{
+    return a->count == b->count && a->seed == b->seed && a->augment == b->augment &&
+           a->forward == b->forward && a->backward == b->backward && a->level == b->level &&
+           a->momentum == b->momentum && a->wd == b->wd;
+}
+
+/*
+ * Captures step_enqueue as a CUDA graph. A capture that fails (a call that
+ * cannot be captured) leaves the steps to run eagerly, with a warning: the
+ * results are the same, only slower.
+ */
+static int capture_step(Backend *be, const TrainStep *ts, Err *e)
+{
+    /* descriptors, algorithms and workspace for this batch before capture:
+     * nothing may allocate or synchronize inside it */
+    for (int i = 0; i < be->nconvs; i++)
+        TRY(conv_prepare(be, be->convs[i], ts->count, e));
+    CK(cudaStreamSynchronize(be->stream));
+    CK(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal));
+    Err ce = {{0}};
+    int rc = step_enqueue(be, ts, &ce);
+    cudaGraph_t g = NULL;
+    cudaError_t st = cudaStreamEndCapture(be->stream, &g);
+    if (rc == 0 && st == cudaSuccess)
+        st = cudaGraphInstantiate(&be->graph, g, 0);
+    if (g)
+        cudaGraphDestroy(g);
+    if (rc != 0 || st != cudaSuccess) {
+        cudaGetLastError();
+        be->graph = NULL;
+        be->use_graphs = 0;
+        fprintf(stderr, "cuda backend: capturing the training step as a CUDA graph failed (%s); "
+                        "steps run without graphs\n",
+                rc ? ce.msg : cudaGetErrorString(st));
+        return 0;
+    }
+    be->graph_key = *ts;
+    return 0;
+}
+
+static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
+{
+    if (!be->pixels[0])
+        return err_set(e, "cuda train_step: no training set on the device (set_data first)");
+    if (ts->count < 1 || ts->count > be->max_batch)
+        return err_set(e, "cuda train_step: batch %d outside 1..%d", ts->count, be->max_batch);
+    if (ts->offset < 0 || ts->offset + ts->count > ts->norder || ts->norder > be->data_n[0])
+        return err_set(e, "cuda train_step: images %d..%d of an order of %d (training set %d)",
+                       ts->offset, ts->offset + ts->count, ts->norder, be->data_n[0]);
+    CK(cudaSetDevice(be->device));
+    be->train_n = 0;
+    be->batch_n = 0;
+    if (be->order_cap < ts->norder) {
+        graph_drop(be);
+        CK(cudaStreamSynchronize(be->stream));
+        if (be->order)
+            CK(cudaFree(be->order));
+        be->order = NULL;
+        be->order_cap = 0;
+        TRY(dev_alloc(be, (void **)&be->order, (size_t)ts->norder * sizeof(int), "epoch order",
+                      e));
+        be->order_cap = ts->norder;
+        be->order_epoch = -1;
+    }
+    if (ts->epoch != be->order_epoch || ts->order != be->order_src) {
+        for (int i = 0; i < ts->norder; i++)
+            if (ts->order[i] < 0 || ts->order[i] >= be->data_n[0])
+                return err_set(e, "cuda train_step: order holds image %d of %d", ts->order[i],
+                               be->data_n[0]);
+        CK(cudaMemcpyAsync(be->order, ts->order, (size_t)ts->norder * sizeof(int),
+                           cudaMemcpyHostToDevice, be->stream));
+        be->order_epoch = ts->epoch;
+        be->order_src = ts->order;
+    }
+    /* from a pinned slot, so that the copy does not hold the host up; the
+     * slot's previous copy finished long ago, but make sure */
+    const int slot = be->vars_next++ % VARS_RING;
+    if (be->vars_next > VARS_RING)
+        CK(cudaEventSynchronize(be->vars_done[slot]));
+    StepVars *v = &be->vars_ring[slot];
+    v->offset = ts->offset;
+    v->epoch = ts->epoch;
+    v->step = (uint32_t)ts->step;
+    v->lr = ts->lr;
+    CK(cudaMemcpyAsync(be->vars, v, sizeof *v, cudaMemcpyHostToDevice, be->stream));
+    CK(cudaEventRecord(be->vars_done[slot], be->stream));
+
+    /* graphs for full batches once warm (lazy module loading and cuDNN's
+     * first-call setup happen outside the capture) */
+    if (be->use_graphs && ts->count == be->max_batch) {
+        if (be->graph && !same_constants(ts, &be->graph_key))
+            graph_drop(be);
+        if (!be->graph && be->warm >= 2)
+            TRY(capture_step(be, ts, e));
+        if (be->graph) {
+            CK(cudaGraphLaunch(be->graph, be->stream));
+            return 0;
+        }
+        be->warm++;
+    }
+    return step_enqueue(be, ts, e);
+}
+
+static int cuda_step_stats(Backend *be, double *loss_sum, int64_t *wrong, int64_t *bad_step,
+                           Err *e)
+{
+    CK(cudaSetDevice(be->device));
+    StepAcc a, zero_acc = {0.0, 0ull, ~0ull};
+    CK(cudaMemcpyAsync(&a, be->acc, sizeof a, cudaMemcpyDeviceToHost, be->stream));
+    CK(cudaStreamSynchronize(be->stream));
+    CK(cudaMemcpy(be->acc, &zero_acc, sizeof zero_acc, cudaMemcpyHostToDevice));
+    *loss_sum = a.loss;
+    *wrong = (int64_t)a.wrong;
+    *bad_step = a.bad_step == ~0ull ? -1 : (int64_t)a.bad_step;
+    return 0;
+}
+
+extern "C" const BackendOps backend_cuda = {
+    "cuda",
+    cuda_create,
+    cuda_destroy,
+    cuda_load,
+    cuda_store,
+    cuda_forward,
+    cuda_backward,
+    cuda_update,
+    cuda_set_data,
+    cuda_batch,
+    cuda_train_step,
+    cuda_step_stats,
+};
+
+/* ---- the device-side draws, for tests ---- */
+
+int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint64_t seed,
+                            int64_t step, int fwd, int bwd, int level, int device, Err *e)
+{
+    TRY(use_device(device, e));
+    const size_t count = (size_t)nblocks * n;
+    float *d = NULL;
+    CK(cudaMalloc(&d, 2 * count * sizeof(float)));
+    shake_draw_kernel<<<blocks_for(count), THREADS>>>(d, d + count, nblocks, n, seed,
+                                                      (uint32_t)step, fwd, bwd, level, NULL);
+    cudaError_t st = cudaGetLastError();
+    if (st == cudaSuccess)
+        st = cudaMemcpy(alpha, d, count * sizeof(float), cudaMemcpyDeviceToHost);
+    if (st == cudaSuccess)
+        st = cudaMemcpy(beta, d + count, count * sizeof(float), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    CK(st);
+    return 0;
+}
+
+int backend_cuda_data_batch(float *x, int *labels, const Dataset *ds, const int *idx, int count,
+                            uint64_t seed, int epoch, int augment, int device, Err *e)
+{
+    TRY(use_device(device, e));
+    if (ds->c > 3)
+        return err_set(e, "cuda data batch: %d channels, at most 3", ds->c);
+    const size_t img = (size_t)ds->c * ds->h * ds->w, out = (size_t)count * img;
+    uint8_t *pix = NULL, *lab = NULL;
+    int *didx = NULL, *dlab = NULL;
+    float *dx = NULL;
+    cudaError_t st = cudaMalloc(&pix, (size_t)ds->n * img);
+    if (st == cudaSuccess)
+        st = cudaMalloc(&lab, (size_t)ds->n);
+    if (st == cudaSuccess)
+        st = cudaMalloc(&didx, (size_t)count * sizeof(int));
+    if (st == cudaSuccess)
+        st = cudaMalloc(&dlab, (size_t)count * sizeof(int));
+    if (st == cudaSuccess)
+        st = cudaMalloc(&dx, out * sizeof(float));
+    if (st == cudaSuccess)
+        st = cudaMemcpy(pix, ds->pixels, (size_t)ds->n * img, cudaMemcpyHostToDevice);
+    if (st == cudaSuccess)
+        st = cudaMemcpy(lab, ds->labels, (size_t)ds->n, cudaMemcpyHostToDevice);
+    if (st == cudaSuccess)
+        st = cudaMemcpy(didx, idx, (size_t)count * sizeof(int), cudaMemcpyHostToDevice);
+    if (st == cudaSuccess) {
+        Norm nm = norm_of(ds);
+        data_batch_kernel<float><<<blocks_for(out), THREADS>>>(dx, dlab, pix, lab, didx, count,
+                                                                ds->c, ds->h, ds->w, nm, ds->flip,
+                                                                seed, epoch, augment, 1, NULL);
+        st = cudaGetLastError();
+    }
+    if (st == cudaSuccess)
+        st = cudaMemcpy(x, dx, out * sizeof(float), cudaMemcpyDeviceToHost);
+    if (st == cudaSuccess)
+        st = cudaMemcpy(labels, dlab, (size_t)count * sizeof(int), cudaMemcpyDeviceToHost);
+    cudaFree(pix);
+    cudaFree(lab);
+    cudaFree(didx);
+    cudaFree(dlab);
+    cudaFree(dx);
+    CK(st);
+    return 0;
+}

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# The GPU checks, in one run on the lent GPU machine, from the repository
+# root, after scripts/gpu-bundle.sh built and bundled the binaries into .gpu/
+# here. Through the device tool: run with carry [".gpu"], command
+# scripts/gpu-check.sh and a timeout_s of 600.
+#
+# Steps, each under its own timeout, all within BUDGET seconds (default 450;
+# a step that would pass it is skipped and says so):
+#   the GPU and driver (nvidia-smi);
+#   test_cuda (cuda against ref in fp32 and bf16, device-side draws,
+#   checkpoints between backends, a bad device) and test_backends;
+#   compute-sanitizer memcheck over a few training and evaluation steps of
+#   small networks (a ResNet in fp32, a ResNeXt in bf16), leaks included;
+#   two real epochs of `sweep train` on synthetic CIFAR-shaped data (the
+#   training path: data, augmentation and the whole step on the GPU, as a
+#   CUDA graph; the second epoch timed, training and evaluation);
+#   bench_train (cuda, the per-call path: forward, backward and update
+#   from the host) and bench/torch_gpu_bench.py (PyTorch, eager,
+#   channels_last) on 26 2x32d and 26 2x96d at batch 128, bf16 and fp32,
+#   with the GPU memory in use sampled by nvidia-smi every 100 ms (the same
+#   measure for both: peak minus what was in use before the run).
+# The tests need no fixtures from the source tree: their data is synthetic
+# and their scratch folders go to $TMPDIR or /tmp.
+#
+# Logs go to $OUT (the device tool's folder there; ./gpu-out elsewhere), in
+# the few files the device tool brings back: system.txt, tests.log,
+# sanitizer.log, bench.log and summary.txt, the table printed last.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+out=${OUT:-./gpu-out}
+budget=${BUDGET:-450}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+start=$SECONDS
+: >"$out/tests.log"
+: >"$out/sanitizer.log"
+: >"$out/bench.log"
+
+if [ -f .gpu/lib.tar.gz ] && [ ! -d .gpu/lib ]; then
+    tar -C .gpu -xzf .gpu/lib.tar.gz || { echo "gpu-check: cannot unpack .gpu/lib.tar.gz" >&2; exit 1; }
+fi
+if [ ! -f .gpu/env.sh ]; then
+    echo "gpu-check: no .gpu/env.sh: run scripts/gpu-bundle.sh where the code is built" \
+        "and carry .gpu" >&2
+    exit 1
+fi
+# shellcheck source=/dev/null
+. .gpu/env.sh
+bin=.gpu/bin
+
+{
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "host: $(uname -srm), $(nproc) cores"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    nvidia-smi 2>&1
+    echo
+    for b in "$bin"/*; do echo "== ldd $b"; ldd "$b" 2>&1; done
+} >"$out/system.txt"
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+nvidia-smi 2>&1 | head -n 20
+
+# run_step NAME LOG TIMEOUT CMD...: runs CMD under its timeout (cut to what
+# the budget has left), output to $tmp/NAME.out and appended to LOG under a
+# header; sets rc (125: skipped for the budget) and secs.
+run_step() {
+    local name=$1 log=$2 limit=$3
+    shift 3
+    local left=$((budget - (SECONDS - start)))
+    secs=0
+    if [ "$left" -lt 20 ]; then
+        rc=125
+        echo "== $name: skipped, ${left}s of the ${budget}s budget left" | tee -a "$log" \
+            >"$tmp/$name.out"
+        failures+=("$name: skipped, ${left}s of the ${budget}s budget left")
+        return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
+    echo "== $name (timeout ${limit}s): $*" | tee -a "$log"
+    local t0=$SECONDS
+    timeout -k 10 "$limit" "$@" >"$tmp/$name.out" 2>&1
+    rc=$?
+    secs=$((SECONDS - t0))
+    cat "$tmp/$name.out" >>"$log"
+    echo "== $name: exit $rc after ${secs}s" | tee -a "$log"
+    echo >>"$log"
+    [ "$rc" = 0 ] || failures+=("$name: $(grep -v '^ *$' "$tmp/$name.out" | tail -n 1 | cut -c1-200)")
+}
+
+verdict() { # exit status -> word
+    case $1 in
+    0) echo pass ;;
+    77) echo skipped ;;
+    124 | 137) echo "TIMEOUT" ;;
+    125) echo "not run (budget)" ;;
+    *) echo "FAIL (exit $1)" ;;
+    esac
+}
+
+results=()
+failures=()
+status=0
+note() { results+=("$(printf '%-30s %-22s %5ss  %s' "$1" "$2" "$3" "$4")"); }
+
+# ---- tests ----
+for t in test_cuda test_backends; do
+    limit=150
+    [ "$t" = test_backends ] && limit=60
+    run_step "$t" "$out/tests.log" "$limit" "$bin/$t"
+    [ "$rc" = 0 ] || status=1
+    counts=$(sed -n 's/^\[  \(PASSED\|FAILED\)  \] \([0-9]*\) test.*/\2 \L\1/p' "$tmp/$t.out" |
+        paste -sd, -)
+    failed=$(sed -n 's/^\[  FAILED  \] \([^0-9].*\)/\1/p' "$tmp/$t.out" | paste -sd';' -)
+    [ -n "$counts" ] || counts=$(head -n 1 "$tmp/$t.out" | cut -c1-100)
+    note "$t" "$(verdict $rc)" "$secs" "${counts}${failed:+ -- failed: $failed}"
+done
+
+# ---- memcheck ----
+san=$(command -v compute-sanitizer ||
+    find /usr/local/cuda*/bin /opt -name compute-sanitizer -type f 2>/dev/null | head -n 1)
+sanitize() { # NAME bench_train arguments...
+    local name=$1
+    shift
+    if [ -z "$san" ]; then
+        note "$name" "not run" 0 "compute-sanitizer not found"
+        status=1
+        return
+    fi
+    run_step "$name" "$out/sanitizer.log" 90 "$san" --tool memcheck --leak-check full \
+        --print-limit 20 --error-exitcode 99 "$bin/bench_train" backend=cuda steps=2 warmup=1 \
+        batch=8 "$@"
+    [ "$rc" = 0 ] || status=1
+    local summary
+    summary=$(grep -m1 'ERROR SUMMARY' "$tmp/$name.out" | sed 's/^=* *//')
+    note "$name" "$(verdict $rc)" "$secs" "$summary"
+}
+sanitize memcheck-resnet8-fp32 depth=8 width=16 precision=fp32
+# instrumenting cuDNN's kernels is what takes the time: a second run would
+# time out too
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    note memcheck-resnext11-bf16 "not run" 0 "the first memcheck timed out"
+else
+    sanitize memcheck-resnext11-bf16 arch=resnext depth=11 width=8 groups=4 precision=bf16
+fi
+
+# ---- benchmarks ----
+# GPU memory in use every 100 ms, one nvidia-smi call a sample: a killed
+# nvidia-smi -lms may lose its last, buffered lines.
+mem_used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | head -n 1; }
+sample_mem() { while :; do mem_used; sleep 0.1; done; }
+key() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" "$2" | head -n 1; }
+declare -A ips
+bench_rows=()
+bench() { # NAME CMD...: one benchmark with the GPU memory it uses
+    local name=$1
+    shift
+    local idle sampler="" mem=n/a
+    idle=$(mem_used)
+    if [ -n "$idle" ]; then
+        sample_mem >"$tmp/$name.mem" &
+        sampler=$!
+    fi
+    run_step "$name" "$out/bench.log" 120 "$@"
+    [ "$rc" = 0 ] || status=1
+    if [ -n "$sampler" ]; then
+        kill "$sampler" 2>/dev/null
+        wait "$sampler" 2>/dev/null
+        local peak
+        peak=$(sort -n "$tmp/$name.mem" | tail -n 1)
+        [ -n "$peak" ] && [ "$rc" != 125 ] && mem=$((peak - idle))
+        echo "== $name: GPU memory in use, peak over the $idle MiB before: $mem MiB" \
+            >>"$out/bench.log"
+    fi
+    local f=$tmp/$name.out est epoch
+    ips[$name]=$(key img_per_s "$f")
+    est=$(key epoch_s_est "$f")
+    epoch=$(key epoch_s "$f")
+    [ -n "$epoch" ] && est="$est (run: $epoch)"
+    bench_rows+=("$(printf '%-16s %-12s %9s %8s %-19s %8s %8s' "$name" "$(verdict $rc)" \
+        "${ips[$name]:--}" "$(key ms_per_step "$f")" "${est:--}" "$mem" \
+        "$(key peak_gpu_mb "$f")")")
+}
+ours() { # WIDTH PRECISION [bench_train arguments]
+    bench "ours-w$1-$2" "$bin/bench_train" backend=cuda depth=26 width="$1" batch=128 \
+        precision="$2" steps=50 warmup=10 "${@:3}"
+}
+theirs() { # WIDTH PRECISION
+    bench "torch-w$1-$2" "$py" bench/torch_gpu_bench.py depth=26 width="$1" batch=128 \
+        precision="$2" steps=50 warmup=10
+}
+epoch_run() { # WIDTH PRECISION: `sweep train`, 2 epochs; prints the second's figures
+    # shellcheck disable=SC2016  # expanded by the inner shell
+    bench "epoch-w$1-$2" bash -c '
+        "$0" train dataset=synthetic backend=cuda precision="$1" depth=26 width="$2" \
+            batch=128 epochs=2 lr=0.1 out="$3" >"$3.out" 2>&1 || { cat "$3.out"; exit 1; }
+        tail -n 4 "$3.out"
+        "$4" -c "
+import json, sys
+ep = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ep = [e for e in ep if e.get(\"event\") == \"epoch\"]
+e = ep[-1]
+print(\" img_per_s=%.1f ms_per_step=%.2f epoch_s=%.2f train_s=%.2f eval_s=%.2f\" % (
+    50000 / e[\"seconds\"], 1000 * e[\"seconds\"] / 391, e[\"seconds\"] + e[\"eval_seconds\"],
+    e[\"seconds\"], e[\"eval_seconds\"]))
+" "$3/log.jsonl"' "$bin/sweep" "$2" "$1" "$tmp/run-w$1-$2" "$py"
+}
+# the comparisons that matter most first, in case the budget runs out
+epoch_run 32 bf16
+theirs 32 bf16
+epoch_run 96 bf16
+theirs 96 bf16
+epoch_run 32 fp32
+ours 32 bf16 epoch=1
+ours 96 bf16
+ours 32 fp32
+ours 96 fp32
+theirs 32 fp32
+theirs 96 fp32
+
+ratio() { # ours theirs -> "1.23x" or n/a
+    if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'
+    else echo n/a; fi
+}
+{
+    echo
+    echo "==== shakeshake GPU check: ${gpu:-GPU unknown}; $((SECONDS - start))s of ${budget}s"
+    printf '%-30s %-22s %6s  %s\n' step result time detail
+    printf '%s\n' "${results[@]}"
+    echo
+    echo "26 2xWd, batch 128"
+    printf '%-16s %-12s %9s %8s %-19s %8s %8s\n' benchmark result img/s ms/step \
+        "s/epoch (est)" "GPU MiB" "alloc MB"
+    printf '%s\n' "${bench_rows[@]}"
+    echo "GPU MiB: memory in use by nvidia-smi, peak over before the run (context and"
+    echo "caches included, the same measure for both); alloc MB: PyTorch's own peak in"
+    echo "tensors. s/epoch: 50000 images trained and 10000 evaluated, from the per-batch"
+    echo "times with every batch full (run: one such epoch, timed)."
+    echo "epoch-*: sweep train's second epoch (img/s of training, s/epoch with evaluation);"
+    echo "ours-*: bench_train through forward/backward/update calls from the host."
+    for w in 32 96; do
+        for p in bf16 fp32; do
+            echo "speed 26 2x${w}d $p: shakeshake / PyTorch = training path" \
+                "$(ratio "${ips[epoch-w$w-$p]:-}" "${ips[torch-w$w-$p]:-}"), per-call path" \
+                "$(ratio "${ips[ours-w$w-$p]:-}" "${ips[torch-w$w-$p]:-}")"
+        done
+    done
+    if [ "$status" = 0 ]; then
+        echo "all checks passed"
+    else
+        echo "SOME CHECKS FAILED (full logs in $out), each one's last line:"
+        printf '  %s\n' "${failures[@]}"
+    fi
+} | tee "$out/summary.txt"
+exit "$status"

@@ -1,0 +1,710 @@
+/*
+ * The cuda backend: against `ref` on small networks of both block types
+ * (backend_compare.h): in float32 along two trajectories and from common
+ * inputs at every step, in bf16 from common inputs, over every forward and
+ * backward mode at both levels; its device-side draws (shake coefficients,
+ * augmented batches) bit-identical to the host's; checkpoints that move
+ * between cuda and the cpu backend mid-run; a clear error for a device that
+ * is not there.
+ *
+ * Skipped (exit 77, CTest's SKIP_RETURN_CODE) when the binary has no cuda
+ * backend or no GPU is visible, with a line that says which.
+ */
+#include "testutil.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "backend_compare.h"
+#include "checkpoint.h"
+#include "config.h"
+#include "data.h"
+#include "model.h"
+#include "optim.h"
+#include "philox.h"
+#include "shake.h"
+#include "train.h"
+
+static const BackendOps *cuda;
+
+/* ---- cuda against ref ---- */
+
+/*
+ * Every forward mode (even, shake), backward mode (even, shake, keep) and
+ * level appears; so do both shifts, odd image sizes, channel counts that are
+ * not multiples of 8 (6 and 12, which vectorized or tensor-core paths must
+ * pad or handle apart), a single input channel and grouped convolutions.
+ */
+static const CompareCase cases[] = {
+    {"resnet d8 w16 8x8 original shake/shake image",
+     {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL}, 4, SHAKE_SHAKE, SHAKE_SHAKE,
+     LEVEL_IMAGE},
+    {"resnet d8 w16 8x8 reimpl shake/shake batch",
+     {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_REIMPL}, 4, SHAKE_SHAKE, SHAKE_SHAKE,
+     LEVEL_BATCH},
+    {"resnet d14 w32 9x9 original even/even image (odd sizes)",
+     {ARCH_RESNET, 14, 32, 1, 10, 3, 9, 9, SHIFT_ORIGINAL}, 3, SHAKE_EVEN, SHAKE_EVEN,
+     LEVEL_IMAGE},
+    {"resnet d8 w6 1ch 7x7 reimpl shake/keep image (6, 12 channels)",
+     {ARCH_RESNET, 8, 6, 1, 7, 1, 7, 7, SHIFT_REIMPL}, 5, SHAKE_SHAKE, SHAKE_KEEP,
+     LEVEL_IMAGE},
+    {"resnet d8 w12 11x11 original even/shake batch (12 channels)",
+     {ARCH_RESNET, 8, 12, 1, 10, 3, 11, 11, SHIFT_ORIGINAL}, 6, SHAKE_EVEN, SHAKE_SHAKE,
+     LEVEL_BATCH},
+    {"resnet d8 w16 8x8 original shake/even image",
+     {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL}, 4, SHAKE_SHAKE, SHAKE_EVEN,
+     LEVEL_IMAGE},
+    {"resnext d11 g2 w16 8x8 shake/shake image",
+     {ARCH_RESNEXT, 11, 16, 2, 10, 3, 8, 8, SHIFT_ORIGINAL}, 4, SHAKE_SHAKE, SHAKE_SHAKE,
+     LEVEL_IMAGE},
+    {"resnext d11 g4 w8 9x9 shake/keep batch",
+     {ARCH_RESNEXT, 11, 8, 4, 10, 3, 9, 9, SHIFT_ORIGINAL}, 3, SHAKE_SHAKE, SHAKE_KEEP,
+     LEVEL_BATCH},
+};
+enum { NCASES = sizeof cases / sizeof cases[0] };
+
+/* Each case three ways: float32 along two trajectories, float32 and bf16
+ * from common inputs at every step (backend_compare.h). */
+typedef enum { FP32_TRAJECTORY, FP32_SYNCED, BF16_SYNCED, NMODES } ParityMode;
+static const char *const mode_names[NMODES] = {"fp32", "fp32 synced", "bf16 synced"};
+
+typedef struct {
+    const CompareCase *c;
+    ParityMode mode;
+    char name[200];
+} Parity;
+
+static Parity parity[NMODES * NCASES];
+
+/*
+ * float32: the bounds test_backends.c justifies for cpu against ref (1e-4
+ * for one computation, 1e-3 once SGD steps with batch statistics of a few
+ * images have amplified the differences). An SGD step is the same float32
+ * formula on the same numbers in both, a few ulps apart: 1e-5.
+ */
+static const CompareTol tol_fp32 = {1e-4, 1e-3};
+static const CompareSyncTol tol_fp32_synced = {1e-4, 1e-4, 1e-4, 1e-5};
+
+/*
+ * bf16 keeps 8 significant bits: each rounding to bf16 is off by up to
+ * 2^-8, about 4e-3 relative, and a layer rounds a few times (its input, its
+ * weights, its output). Forward, the errors of the 8 to 14 layers of these
+ * networks add up to about 1e-2 of the logits' scale; running statistics,
+ * averages, stay under 4e-3. Backward, batch norm over a few images
+ * subtracts nearly equal terms, and the gradients reaching the first layers
+ * are small remainders of them: there the same roundings leave errors of
+ * tens of percent. The bounds come from bf16 simulated on these cases
+ * (PyTorch's bf16 autocast against float32 on the CPU, 8-10 draws each):
+ * logits within 2.7e-2 (bound 5e-2), running statistics within 3.6e-3
+ * (bound 2e-2), all gradients together within 0.23 of their norm (bound
+ * 0.4; one small tensor alone reached 1.05, so tensors are not bounded one
+ * by one). So bf16 is checked for computing the same function within its
+ * rounding (a missing gradient is 1.0 off, a wrong conversion far more);
+ * the formulas themselves are the float32 comparisons' to check. SGD steps
+ * run on float32 master weights: the float32 bound.
+ */
+static const CompareSyncTol tol_bf16_synced = {5e-2, 2e-2, 0.4, 1e-5};
+
+static void test_parity(void **ctx)
+{
+    const Parity *p = *ctx;
+    BackendOptions o = {0, 2, 0, p->mode == BF16_SYNCED ? PRECISION_BF16 : PRECISION_FP32};
+    CompareCase c = *p->c;
+    c.name = p->name;
+    if (p->mode == FP32_TRAJECTORY)
+        compare_case(cuda, &o, &c, &tol_fp32);
+    else
+        compare_case_synced(cuda, &o, &c,
+                            p->mode == BF16_SYNCED ? &tol_bf16_synced : &tol_fp32_synced);
+}
+
+/* ---- device-side draws: bit-identical to the host's ---- */
+
+static void test_shake_draw_same(void **ctx)
+{
+    (void)ctx;
+    static const uint64_t seeds[] = {1, 0x9e3779b97f4a7c15ull};
+    /* large steps: past 2^31 (a signed 32-bit step would go negative) and
+     * past 2^32 (the counter keeps the step's low 32 bits) */
+    static const int64_t steps[] = {0, 1, 389, 701999, 3000000000ll, (1ll << 32) + 5};
+    static const int sizes[][2] = {{12, 128}, {27, 33}, {1, 1}, {9, 200}, {12, 127}};
+    static const int modes[][2] = {{SHAKE_EVEN, SHAKE_EVEN},  {SHAKE_EVEN, SHAKE_SHAKE},
+                                   {SHAKE_EVEN, SHAKE_KEEP},  {SHAKE_SHAKE, SHAKE_EVEN},
+                                   {SHAKE_SHAKE, SHAKE_SHAKE}, {SHAKE_SHAKE, SHAKE_KEEP}};
+    size_t most = 27 * 200;
+    float *ah = malloc(most * sizeof(float)), *bh = malloc(most * sizeof(float));
+    float *ad = malloc(most * sizeof(float)), *bd = malloc(most * sizeof(float));
+    int calls = 0;
+    for (size_t si = 0; si < sizeof seeds / sizeof seeds[0]; si++)
+    for (size_t ti = 0; ti < sizeof steps / sizeof steps[0]; ti++)
+    for (size_t zi = 0; zi < sizeof sizes / sizeof sizes[0]; zi++)
+    for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; mi++)
+    for (int level = LEVEL_BATCH; level <= LEVEL_IMAGE; level++) {
+        int nb = sizes[zi][0], n = sizes[zi][1];
+        size_t count = (size_t)nb * n;
+        shake_draw(ah, bh, nb, n, seeds[si], steps[ti], (ShakeMode)modes[mi][0],
+                   (ShakeMode)modes[mi][1], (ShakeLevel)level);
+        /* poison: every element must be written */
+        memset(ad, 0xff, count * sizeof(float));
+        memset(bd, 0xff, count * sizeof(float));
+        Err e = {{0}};
+        if (backend_cuda_shake_draw(ad, bd, nb, n, seeds[si], steps[ti], modes[mi][0],
+                                    modes[mi][1], level, 0, &e))
+            fail_msg("backend_cuda_shake_draw: %s", e.msg);
+        for (int which = 0; which < 2; which++) {
+            const float *h = which ? bh : ah, *d = which ? bd : ad;
+            if (memcmp(h, d, count * sizeof(float)) == 0)
+                continue;
+            size_t k = 0;
+            while (memcmp(&h[k], &d[k], sizeof(float)) == 0)
+                k++;
+            fail_msg("%s differs at block %zu image %zu: host %a, cuda %a (seed %#llx step "
+                     "%lld nblocks %d n %d forward %d backward %d level %d)",
+                     which ? "beta" : "alpha", k / n, k % n, h[k], d[k],
+                     (unsigned long long)seeds[si], (long long)steps[ti], nb, n,
+                     modes[mi][0], modes[mi][1], level);
+        }
+        calls++;
+    }
+    printf("  %d draws bit-identical\n", calls);
+    free(ah); free(bh); free(ad); free(bd);
+}
+
+/* Fails with the first differing element of two batches. */
+static void same_batch(const char *what, const float *xh, const int *lh, const float *xd,
+                       const int *ld, const Dataset *d, int count, int epoch, int augment)
+{
+    const size_t img = (size_t)d->c * d->h * d->w;
+    for (int j = 0; j < count; j++)
+        if (lh[j] != ld[j])
+            fail_msg("%s: label %d differs: host %d, cuda %d (epoch %d augment %d)", what, j,
+                     lh[j], ld[j], epoch, augment);
+    if (memcmp(xh, xd, (size_t)count * img * sizeof(float)) == 0)
+        return;
+    size_t k = 0;
+    while (memcmp(&xh[k], &xd[k], sizeof(float)) == 0)
+        k++;
+    size_t j = k / img, r = k % img, plane = (size_t)d->h * d->w;
+    fail_msg("%s: image %zu channel %zu row %zu column %zu differs: host %a, cuda %a "
+             "(epoch %d augment %d count %d)", what, j, r / plane, r % plane / d->w,
+             r % d->w, xh[k], xd[k], epoch, augment, count);
+}
+
+/* Batches of images order[0..count) (a shuffled subset, so idx is no
+ * identity) for several epochs and seeds, augmented and not. */
+static void batches_same(const char *what, const Dataset *d)
+{
+    static const int counts[] = {128, 77, 1};
+    static const int epochs[] = {0, 1, 7, 1799};
+    static const uint64_t seeds[] = {1, 0x123456789abcull};
+    const size_t img = (size_t)d->c * d->h * d->w;
+    int *order = malloc((size_t)d->n * sizeof(int));
+    float *xh = malloc(128 * img * sizeof(float)), *xd = malloc(128 * img * sizeof(float));
+    int lh[128], ld[128];
+    int batches = 0;
+    for (size_t si = 0; si < sizeof seeds / sizeof seeds[0]; si++)
+    for (size_t ei = 0; ei < sizeof epochs / sizeof epochs[0]; ei++)
+    for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++)
+    for (int augment = 0; augment <= 1; augment++) {
+        int count = counts[ci], epoch = epochs[ei];
+        data_epoch_order(order, d->n, seeds[si], epoch, 1);
+        data_batch(xh, lh, d, order, count, seeds[si], epoch, augment);
+        memset(xd, 0xff, (size_t)count * img * sizeof(float));
+        memset(ld, 0xff, sizeof ld);
+        Err e = {{0}};
+        if (backend_cuda_data_batch(xd, ld, d, order, count, seeds[si], epoch, augment, 0, &e))
+            fail_msg("%s: backend_cuda_data_batch: %s", what, e.msg);
+        same_batch(what, xh, lh, xd, ld, d, count, epoch, augment);
+        batches++;
+    }
+    printf("  %s: %d batches bit-identical\n", what, batches);
+    free(order); free(xh); free(xd);
+}
+
+static void test_data_batch_same(void **ctx)
+{
+    (void)ctx;
+    Dataset train, test;
+    Err e = {{0}};
+    if (dataset_load(&train, &test, DS_SYNTHETIC, NULL, 3, &e))
+        fail_msg("%s", e.msg);
+    batches_same("synthetic 3x32x32", &train);
+    dataset_free(&train);
+    dataset_free(&test);
+
+    /* One channel, 28x28, flips on (as Fashion-MNIST) and off (as MNIST):
+     * the channel count, image size and flip switch must be the data set's,
+     * not CIFAR's. */
+    Dataset g = {0};
+    g.kind = DS_FASHION_MNIST;
+    g.n = 500;
+    g.c = 1;
+    g.h = g.w = 28;
+    g.classes = 10;
+    g.mean[0] = 72.94f;
+    g.std[0] = 90.02f;
+    g.mean[1] = g.mean[2] = 0;
+    g.std[1] = g.std[2] = 1;
+    g.pixels = malloc((size_t)g.n * 28 * 28);
+    g.labels = malloc((size_t)g.n);
+    for (size_t i = 0; i < (size_t)g.n * 28 * 28; i++)
+        g.pixels[i] = (uint8_t)rng_u32(41, RNG_TEST, (uint32_t)i, 0, 0);
+    for (int i = 0; i < g.n; i++)
+        g.labels[i] = (uint8_t)(rng_u32(41, RNG_TEST, (uint32_t)i, 1, 0) % 10);
+    g.flip = 1;
+    batches_same("1x28x28 with flips", &g);
+    g.flip = 0;
+    g.kind = DS_MNIST;
+    batches_same("1x28x28 without flips", &g);
+    free(g.pixels);
+    free(g.labels);
+}
+
+/* ---- checkpoints between backends ---- */
+
+static char *data_dir;
+
+static int group_setup(void **s)
+{
+    (void)s;
+    data_dir = tu_tempdir("cuda-data");
+    tu_write_cifar10(data_dir, 120, 40, 17, 0);
+    return 0;
+}
+
+static int group_teardown(void **s)
+{
+    (void)s;
+    tu_rmtree(data_dir);
+    free(data_dir);
+    return 0;
+}
+
+/* The cpu backend where it is built, ref otherwise. */
+static const char *host_backend(void)
+{
+    return backend_find("cpu") ? "cpu" : "ref";
+}
+
+/* 120 images in batches of 32: 4 steps an epoch. Six epochs are planned
+ * and the runs stop after 2 and 3 of them (steps 8 and 12 of 24), where the
+ * cosine schedule's learning rate is still over half its peak, so the steps
+ * after a resume move the weights (by about 1e-2 of their scale). The peak
+ * of 0.02 keeps the run out of the regime where float32 summation-order
+ * differences grow fast: at 0.1 the momentum of two backends differed by
+ * 1e-2 after 4 steps, at 0.02 by 2e-3. */
+static void base_config(TrainConfig *c, const char *backend, const char *out)
+{
+    Err e = {{0}};
+    config_defaults(c);
+    const char *kv[] = {"dataset=cifar10", "depth=8", "width=16", "epochs=6", "batch=32",
+                        "lr=0.02", "seed=5", "threads=2", "precision=fp32", "device=0"};
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        if (config_set(c, kv[i], &e))
+            fail_msg("%s", e.msg);
+    snprintf(c->data_dir, sizeof c->data_dir, "%s", data_dir);
+    snprintf(c->backend, sizeof c->backend, "%s", backend);
+    snprintf(c->out, sizeof c->out, "%s", out);
+}
+
+static void train_ok(const TrainConfig *c, int want)
+{
+    Err e = {{0}};
+    int st = train_run(c, NULL, &e);
+    if (st != want)
+        fail_msg("train_run (backend %s) returned %d (want %d): %s", c->backend, st, want,
+                 e.msg);
+}
+
+typedef struct {
+    Model m;
+    float *params, *state, *mom;
+    CheckpointMeta meta;
+} Loaded;
+
+static void ckpt_path(char *buf, size_t len, const char *dir)
+{
+    snprintf(buf, len, "%s/checkpoint.safetensors", dir);
+}
+
+static void load(Loaded *l, const char *dir, const TrainConfig *c)
+{
+    char path[4096];
+    Err e = {{0}};
+    ckpt_path(path, sizeof path, dir);
+    ModelSpec spec;
+    config_model_spec(c, 10, 3, 32, 32, &spec);
+    if (model_build(&l->m, &spec, &e))
+        fail_msg("%s", e.msg);
+    l->params = malloc(l->m.nparams * sizeof(float));
+    l->state = malloc(l->m.nstate * sizeof(float));
+    l->mom = malloc(l->m.nparams * sizeof(float));
+    if (checkpoint_load(path, &l->m, l->params, l->state, l->mom, &l->meta, &e))
+        fail_msg("%s", e.msg);
+}
+
+static void unload(Loaded *l)
+{
+    free(l->params);
+    free(l->state);
+    free(l->mom);
+    checkpoint_meta_free(&l->meta);
+    model_free(&l->m);
+}
+
+/* The checkpoint's header holds exactly the model's tensors and their
+ * momentum buffers, float32, with the model's names and shapes (what
+ * PyTorch or another backend reading it relies on). */
+static void check_header(const char *dir, const Model *m)
+{
+    char path[4096];
+    ckpt_path(path, sizeof path, dir);
+    size_t len;
+    unsigned char *bytes = tu_read_file(path, &len);
+    if (!bytes || len < 8)
+        fail_msg("%s: missing or shorter than a safetensors header", path);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | bytes[i];
+    if (hlen > len - 8)
+        fail_msg("%s: header length %llu past the end of the file", path,
+                 (unsigned long long)hlen);
+    json_error_t je;
+    json_t *h = json_loadb((const char *)bytes + 8, (size_t)hlen, 0, &je);
+    if (!h)
+        fail_msg("%s: header is not JSON: %s", path, je.text);
+    size_t want = 0;
+    for (int t = 0; t < m->ntensors; t++) {
+        const TensorInfo *ti = &m->tensors[t];
+        for (int mom = 0; mom <= (ti->arena == T_PARAM); mom++) {
+            char name[160];
+            snprintf(name, sizeof name, "%s%s", mom ? "momentum." : "", ti->name);
+            json_t *o = json_object_get(h, name);
+            if (!o)
+                fail_msg("%s: no tensor %s", path, name);
+            const char *dtype = json_string_value(json_object_get(o, "dtype"));
+            if (!dtype || strcmp(dtype, "F32") != 0)
+                fail_msg("%s: %s has dtype %s, not F32", path, name, dtype ? dtype : "(none)");
+            json_t *shape = json_object_get(o, "shape");
+            int ok = json_is_array(shape) && (int)json_array_size(shape) == ti->ndim;
+            for (int k = 0; ok && k < ti->ndim; k++)
+                ok = json_integer_value(json_array_get(shape, k)) == ti->shape[k];
+            if (!ok)
+                fail_msg("%s: %s has the wrong shape (%d dimensions wanted)", path, name,
+                         ti->ndim);
+            want++;
+        }
+    }
+    size_t have = json_object_size(h) - (json_object_get(h, "__metadata__") != NULL);
+    if (have != want)
+        fail_msg("%s: %zu tensors, the model and its momentum have %zu", path, have, want);
+    json_decref(h);
+    free(bytes);
+}
+
+/*
+ * Relative errors (tu_rel_err, against the arena's scale) allowed between a
+ * run on one backend and the same run moved to another for its last 4 of 12
+ * steps. Both compute in float32 and differ in summation order, a few ulps
+ * per op, which the 4 steps amplify; cpu against ref on this run measured
+ * 1e-5 for the weights, 1.4e-6 for the running statistics and 3.3e-3 for the
+ * momentum (a running sum of gradients, which differ more than the weights
+ * they move). The bounds leave a factor 15-50 over that. A resume that lost
+ * the momentum, the running statistics or the step (so the learning rate or
+ * the coefficients) would be off by a good part of what the 4 steps did;
+ * the test checks that this is more than 10 times the weights' bound, or
+ * it could not tell.
+ */
+#define RESUME_TOL 5e-4
+#define RESUME_TOL_MOMENTUM 5e-2
+
+static void cross_resume(const char *first, const char *second)
+{
+    char *root = tu_tempdir("cuda-resume");
+    char straight[400], part[400], cont[400], ck[500];
+    snprintf(straight, sizeof straight, "%s/straight", root);
+    snprintf(part, sizeof part, "%s/part", root);
+    snprintf(cont, sizeof cont, "%s/cont", root);
+    TrainConfig c;
+    base_config(&c, first, straight);
+    c.steps = 12;
+    train_ok(&c, TRAIN_STOPPED);
+
+    base_config(&c, first, part);
+    c.steps = 8;
+    train_ok(&c, TRAIN_STOPPED);
+
+    ckpt_path(ck, sizeof ck, part);
+    Err e = {{0}};
+    char outkv[500], bkv[64];
+    snprintf(outkv, sizeof outkv, "out=%s", cont);
+    snprintf(bkv, sizeof bkv, "backend=%s", second);
+    char *assign[] = {outkv, bkv, "precision=fp32"};
+    if (train_resume_config(&c, ck, assign, 3, &e))
+        fail_msg("resume %s's checkpoint on %s: %s", first, second, e.msg);
+    assert_string_equal(c.backend, second);
+    c.steps = 12;
+    train_ok(&c, TRAIN_STOPPED);
+
+    Loaded s, r, p;
+    load(&s, straight, &c);
+    load(&r, cont, &c);
+    load(&p, part, &c);
+    check_header(part, &p.m);
+    check_header(cont, &r.m);
+    assert_int_equal(p.meta.step, 8);
+    assert_int_equal(s.meta.step, 12);
+    assert_int_equal(r.meta.step, 12);
+    assert_int_equal(r.meta.epoch, s.meta.epoch);
+    /* the first backend's checkpoint carries its optimizer state */
+    assert_true(tu_max_abs(p.mom, p.m.nparams) > 0);
+    double ep = tu_rel_err(r.params, s.params, s.m.nparams);
+    double es = tu_rel_err(r.state, s.state, s.m.nstate);
+    double em = tu_rel_err(r.mom, s.mom, s.m.nparams);
+    double moved = tu_rel_err(p.params, s.params, s.m.nparams);
+    printf("  %s 8 steps + %s 4 against %s 12: relative error %.2g (weights), %.2g "
+           "(running statistics), %.2g (momentum); the 4 steps moved the weights by %.2g\n",
+           first, second, first, ep, es, em, moved);
+    if (!(moved > 10 * RESUME_TOL))
+        fail_msg("the last 4 steps moved the weights by only %.2g: this comparison could "
+                 "not tell a broken resume", moved);
+    if (!(ep <= RESUME_TOL && es <= RESUME_TOL))
+        fail_msg("%s resumed on %s differs from %s alone: weights %.3g, running statistics "
+                 "%.3g > %.0e", first, second, first, ep, es, RESUME_TOL);
+    if (!(em <= RESUME_TOL_MOMENTUM))
+        fail_msg("%s resumed on %s differs from %s alone: momentum %.3g > %.0e", first,
+                 second, first, em, RESUME_TOL_MOMENTUM);
+    unload(&s);
+    unload(&r);
+    unload(&p);
+    tu_rmtree(root);
+    free(root);
+}
+
+static void test_resume_cuda_on_host(void **ctx)
+{
+    (void)ctx;
+    cross_resume("cuda", host_backend());
+}
+
+static void test_resume_host_on_cuda(void **ctx)
+{
+    (void)ctx;
+    cross_resume(host_backend(), "cuda");
+}
+
+/* ---- a device that is not there ---- */
+
+/* An error, not a crash, that names the ordinal asked for. */
+static void expect_device_error(const char *what, int rc, const Err *e, int device)
+{
+    char num[16];
+    snprintf(num, sizeof num, "%d", device);
+    if (rc == 0)
+        fail_msg("%s with device %d succeeded", what, device);
+    if (!e->msg[0] || !strstr(e->msg, num))
+        fail_msg("%s with device %d: the message does not name the device: \"%s\"", what,
+                 device, e->msg);
+    printf("  %s, device %d: %s\n", what, device, e->msg);
+}
+
+static void test_bad_device(void **ctx)
+{
+    (void)ctx;
+    const ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
+    Model m;
+    Err e = {{0}};
+    if (model_build(&m, &spec, &e))
+        fail_msg("%s", e.msg);
+    /* 99, and the first ordinal past the last GPU (an off-by-one) */
+    const int bad[] = {99, backend_cuda_devices()};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const int dev = bad[i];
+        for (int prec = PRECISION_FP32; prec <= PRECISION_BF16; prec++) {
+            BackendOptions o = {4, 2, dev, (Precision)prec};
+            e = (Err){{0}};
+            Backend *be = cuda->create(&m, &o, &e);
+            expect_device_error(prec == PRECISION_BF16 ? "create (bf16)" : "create", be ? 0 : -1,
+                                &e, dev);
+        }
+        float a[4], b[4];
+        e = (Err){{0}};
+        expect_device_error("backend_cuda_shake_draw",
+                            backend_cuda_shake_draw(a, b, 1, 4, 1, 0, SHAKE_SHAKE, SHAKE_SHAKE,
+                                                    LEVEL_IMAGE, dev, &e), &e, dev);
+        Dataset d = {0};
+        uint8_t px[3 * 8 * 8] = {0}, lab[1] = {0};
+        d.kind = DS_SYNTHETIC;
+        d.n = 1;
+        d.c = 3;
+        d.h = d.w = 8;
+        d.classes = 10;
+        d.pixels = px;
+        d.labels = lab;
+        d.mean[0] = d.mean[1] = d.mean[2] = 0;
+        d.std[0] = d.std[1] = d.std[2] = 1;
+        int idx[1] = {0}, labels[1];
+        float x[3 * 8 * 8];
+        e = (Err){{0}};
+        expect_device_error("backend_cuda_data_batch",
+                            backend_cuda_data_batch(x, labels, &d, idx, 1, 1, 0, 1, dev, &e),
+                            &e, dev);
+    }
+    /* a training run reports it as its failure */
+    char *root = tu_tempdir("cuda-baddev");
+    TrainConfig c;
+    base_config(&c, "cuda", root);
+    c.device = 99;
+    c.epochs = 1;
+    e = (Err){{0}};
+    expect_device_error("train_run", train_run(&c, NULL, &e) == TRAIN_FAILED ? -1 : 0, &e, 99);
+    tu_rmtree(root);
+    free(root);
+    /* and the errors left nothing behind: device 0 still works */
+    BackendOptions o = {4, 2, 0, PRECISION_FP32};
+    Backend *be = compare_create(cuda, &m, &o, 4);
+    cuda->destroy(be);
+    model_free(&m);
+}
+
+/* ---- the whole step on the device ---- */
+
+/*
+ * train_step (data, draws, loss and update where the data is, captured as
+ * a CUDA graph once warm) against the same steps through forward, backward
+ * and update with the host's data_batch, shake_draw and softmax_xent. Two
+ * epochs of 40 images in batches of 16 (16, 16, 8): full and partial
+ * batches, a new epoch order, and with graphs the third full step captured
+ * and the fourth replayed. Graph and eager replay the same kernels on the
+ * same inputs (1e-6: nothing but a different order of the loss's atomics
+ * may differ, and that does not reach the weights); against the host path
+ * the loss's exp/log run on the device (1e-5).
+ */
+static void run_device_steps(const Model *m, const Dataset *d, const float *p0, const float *s0,
+                             int graphs, float *params, double *loss)
+{
+    setenv("SHAKE_CUDA_GRAPHS", graphs ? "1" : "0", 1);
+    BackendOptions o = {16, 2, 0, PRECISION_FP32};
+    Backend *be = compare_create(cuda, m, &o, 16);
+    unsetenv("SHAKE_CUDA_GRAPHS");
+    COMPARE_OK(cuda->load(be, p0, s0, NULL, ep));
+    COMPARE_OK(cuda->set_data(be, d, NULL, ep));
+    int order[40];
+    int64_t step = 0;
+    *loss = 0;
+    for (int epoch = 0; epoch < 2; epoch++) {
+        data_epoch_order(order, d->n, 5, epoch, 1);
+        for (int off = 0; off < d->n; off += 16) {
+            int count = d->n - off < 16 ? d->n - off : 16;
+            TrainStep ts = {order, d->n, off, count, 5, epoch, step, 1,
+                            SHAKE_SHAKE, SHAKE_SHAKE, LEVEL_IMAGE,
+                            (float)cosine_lr(0.05, step + 1, 6), 0.9f, 5e-4f};
+            COMPARE_OK(cuda->train_step(be, &ts, ep));
+            step++;
+        }
+        double sum;
+        int64_t wrong, bad;
+        COMPARE_OK(cuda->step_stats(be, &sum, &wrong, &bad, ep));
+        assert_int_equal(bad, -1);
+        assert_true(wrong >= 0 && wrong <= d->n);
+        *loss += sum;
+    }
+    COMPARE_OK(cuda->store(be, params, NULL, NULL, NULL, ep));
+    cuda->destroy(be);
+}
+
+static void test_device_step(void **ctx)
+{
+    (void)ctx;
+    Err e = {{0}};
+    Dataset tr, te;
+    if (dataset_load(&tr, &te, DS_CIFAR10, data_dir, 0, &e))
+        fail_msg("%s", e.msg);
+    if (dataset_subset(&tr, 40, 3, &e))
+        fail_msg("%s", e.msg);
+    ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
+    Model m;
+    if (model_build(&m, &spec, &e))
+        fail_msg("%s", e.msg);
+    float *p0 = malloc(m.nparams * 4), *s0 = malloc(m.nstate * 4);
+    float *pg = malloc(m.nparams * 4), *pe = malloc(m.nparams * 4), *ph = malloc(m.nparams * 4);
+    model_init(&m, 5, p0, s0);
+    double lg, le;
+    run_device_steps(&m, &tr, p0, s0, 1, pg, &lg);
+    run_device_steps(&m, &tr, p0, s0, 0, pe, &le);
+    compare_check("parameters, graph against eager steps", "device step", pg, pe, m.nparams,
+                  1e-6);
+    assert_true(fabs(lg - le) <= 1e-6 * fabs(le));
+
+    /* the host path: same images, coefficients, loss and update */
+    BackendOptions o = {16, 2, 0, PRECISION_FP32};
+    Backend *be = compare_create(cuda, &m, &o, 16);
+    COMPARE_OK(cuda->load(be, p0, s0, NULL, ep));
+    const size_t img = (size_t)tr.c * tr.h * tr.w;
+    float *x = malloc(16 * img * 4), *logits = malloc(16 * 10 * 4), *dl = malloc(16 * 10 * 4);
+    float *alpha = malloc((size_t)m.nblocks * 16 * 4), *beta = malloc((size_t)m.nblocks * 16 * 4);
+    int order[40], labels[16];
+    int64_t step = 0;
+    double lh = 0;
+    for (int epoch = 0; epoch < 2; epoch++) {
+        data_epoch_order(order, tr.n, 5, epoch, 1);
+        for (int off = 0; off < tr.n; off += 16) {
+            int count = tr.n - off < 16 ? tr.n - off : 16;
+            data_batch(x, labels, &tr, order + off, count, 5, epoch, 1);
+            shake_draw(alpha, beta, m.nblocks, count, 5, step, SHAKE_SHAKE, SHAKE_SHAKE,
+                       LEVEL_IMAGE);
+            COMPARE_OK(cuda->forward(be, logits, x, alpha, count, 1, ep));
+            lh += softmax_xent(dl, NULL, logits, labels, count, 10) * count;
+            COMPARE_OK(cuda->backward(be, dl, beta, count, ep));
+            COMPARE_OK(cuda->update(be, (float)cosine_lr(0.05, step + 1, 6), 0.9f, 5e-4f, ep));
+            step++;
+        }
+    }
+    COMPARE_OK(cuda->store(be, ph, NULL, NULL, NULL, ep));
+    cuda->destroy(be);
+    compare_check("parameters, device steps against host steps", "device step", pe, ph,
+                  m.nparams, 1e-5);
+    if (!(fabs(le - lh) <= 1e-5 * fabs(lh)))
+        fail_msg("training loss sum: device steps %.9g, host steps %.9g", le, lh);
+    /* and the steps did something: the weights moved well beyond that bound */
+    assert_true(tu_rel_err(ph, p0, m.nparams) > 1e-3);
+    free(x); free(logits); free(dl); free(alpha); free(beta);
+    free(p0); free(s0); free(pg); free(pe); free(ph);
+    model_free(&m);
+    dataset_free(&tr);
+    dataset_free(&te);
+}
+
+int main(void)
+{
+    cuda = backend_find("cuda");
+    if (!cuda || backend_cuda_devices() == 0) {
+        printf("test_cuda: skipped: %s\n",
+               cuda ? "no GPU visible to the cuda backend (CUDA_VISIBLE_DEVICES, driver?)"
+                    : "no CUDA backend built into this binary");
+        return 77;
+    }
+    printf("test_cuda: %d GPU(s) visible; ref, %s and cuda in this binary\n",
+           backend_cuda_devices(), host_backend());
+    struct CMUnitTest tests[NMODES * NCASES + 6];
+    int nt = 0;
+    for (int mode = 0; mode < NMODES; mode++)
+        for (int i = 0; i < NCASES; i++) {
+            Parity *q = &parity[mode * NCASES + i];
+            q->c = &cases[i];
+            q->mode = (ParityMode)mode;
+            snprintf(q->name, sizeof q->name, "%s: %s", mode_names[mode], cases[i].name);
+            tests[nt++] = (struct CMUnitTest){q->name, test_parity, NULL, NULL, q};
+        }
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_shake_draw_same);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_data_batch_same);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_cuda_on_host);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_host_on_cuda);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_bad_device);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_device_step);
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
