@@ -4,9 +4,13 @@
  * (seed, epoch or step, position), so a run resumed from any step boundary
  * continues exactly as if it had not stopped (same backend).
  *
- * Per step: assemble the batch on the host, draw alpha/beta for the step,
- * forward, softmax cross-entropy on the host, backward, SGD with the cosine
- * learning rate of the 1-based iteration t (lr = 0 at t = T).
+ * Per step: assemble the batch, draw alpha/beta for the step, forward,
+ * softmax cross-entropy, backward, SGD with the cosine learning rate of the
+ * 1-based iteration t (lr = 0 at t = T). On the host with the per-call
+ * backend ops; or, where the backend keeps the data (set_data, batch), the
+ * batches are made there, and where it also runs whole steps (train_step)
+ * the step is one call whose loss and error sums are read at the epoch's end
+ * (step_stats) -- the same functions, drawn from the same Philox counters.
  */
 #include "train.h"
 
@@ -246,7 +250,7 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
     }
     if (r->ops->load(r->be, r->params, r->state, r->momentum, e))
         goto done;
-    if (r->ops->set_data) {
+    if (r->ops->set_data && r->ops->batch) {
         if (r->ops->set_data(r->be, &r->train, &r->test, e))
             goto done;
         r->device_data = 1;

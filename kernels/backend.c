@@ -45,6 +45,11 @@ int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint6
     return err_set(e, "the cuda backend is not built into this binary");
 }
 
+long backend_cuda_graph_launches(const Backend *b)
+{
+    return 0;
+}
+
 int backend_cuda_data_batch(float *x, int *labels, const Dataset *d, const int *idx, int count,
                             uint64_t seed, int epoch, int augment, int device, Err *e)
 {

@@ -82,7 +82,8 @@ typedef struct {
      * sets' bytes on the device (set 0: train, 1: test; either may be NULL);
      * batch then assembles data_batch's images for (set, idx, count, seed,
      * epoch, augment) there, bit for bit as data_batch does, and the next
-     * forward with x = NULL computes on them. Labels stay the host's.
+     * forward with x = NULL computes on them. Labels stay the host's. A
+     * backend has both or neither.
      */
     int (*set_data)(Backend *b, const Dataset *train, const Dataset *test, Err *e);
     int (*batch)(Backend *b, int set, const int *idx, int count, uint64_t seed, int epoch,
@@ -93,7 +94,8 @@ typedef struct {
      * cross-entropy (train.c's softmax_xent), backward, SGD update -- with
      * no host work but the launch. The loss and error sums stay there until
      * step_stats returns and clears them; bad_step is the first step whose
-     * loss was not finite, -1 if none.
+     * loss was not finite, -1 if none. Within an epoch the order must not
+     * change (the backend keeps its copy per epoch).
      */
     int (*train_step)(Backend *b, const TrainStep *s, Err *e);
     int (*step_stats)(Backend *b, double *loss_sum, int64_t *wrong, int64_t *bad_step, Err *e);
@@ -120,6 +122,9 @@ int backend_cuda_devices(void);
  */
 int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint64_t seed,
                             int64_t step, int fwd, int bwd, int level, int device, Err *e);
+/* How many training steps a cuda backend has run as a replayed CUDA graph
+ * (tests: graphs are in use). Only for a backend made by backend_cuda. */
+long backend_cuda_graph_launches(const Backend *b);
 /* data_batch (core/data.h) computed on the device from d's bytes: x
  * (count, c, h, w) and labels (count) as data_batch fills them. */
 int backend_cuda_data_batch(float *x, int *labels, const Dataset *d, const int *idx, int count,

@@ -77,16 +77,20 @@ static int cuda_fail(Err *e, cudaError_t st, const char *call, const char *file,
 #define CKDNN(call)                                                       \
     do {                                                                  \
         cudnnStatus_t ck_ = (call);                                       \
-        if (ck_ != CUDNN_STATUS_SUCCESS)                                  \
+        if (ck_ != CUDNN_STATUS_SUCCESS) {                                \
+            cudaGetLastError();                                           \
             return err_set(e, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
                            cudnnGetErrorString(ck_));                     \
+        }                                                                 \
     } while (0)
 #define CKBLAS(call)                                                      \
     do {                                                                  \
         cublasStatus_t ck_ = (call);                                      \
-        if (ck_ != CUBLAS_STATUS_SUCCESS)                                 \
+        if (ck_ != CUBLAS_STATUS_SUCCESS) {                               \
+            cudaGetLastError();                                           \
             return err_set(e, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
                            cublasGetStatusString(ck_));                   \
+        }                                                                 \
     } while (0)
 /* after a kernel launch: a bad configuration shows up here */
 #define CKLAUNCH() CK(cudaGetLastError())
@@ -113,10 +117,11 @@ static unsigned blocks_for(size_t count)
     return (unsigned)(b < 1 ? 1 : b > 1048576 ? 1048576 : b);
 }
 
-/* grid-stride loop over [0, count) */
-#define FOR_EACH(i, count) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (count); \
-         i += (size_t)gridDim.x * blockDim.x)
+/* grid-stride loop over [0, count): 32-bit indices, whose divisions cost a
+ * fraction of 64-bit ones (create() checks that every count fits) */
+#define FOR_EACH(i, count)                                                       \
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)(count); \
+         i += gridDim.x * blockDim.x)
 
 /* ---- elementwise kernels ---- */
 
@@ -139,8 +144,8 @@ __global__ void nchw_to_nhwc_kernel(T *out, const float *in, int n, int c, int h
     const size_t count = (size_t)n * c * hw;
     FOR_EACH(i, count) {
         int ch = (int)(i % c);
-        size_t p = i / c;                       /* n * hw + pixel */
-        size_t img = p / hw, pix = p % hw;
+        unsigned p = i / c;                     /* n * hw + pixel */
+        unsigned img = p / hw, pix = p % hw;
         out[i] = from_f<T>(in[(img * c + ch) * hw + pix]);
     }
 }
@@ -191,7 +196,7 @@ __global__ void shake_combine_kernel(T *out, const T *b0, const T *b1, BnAffine 
     const size_t count = (size_t)n * hw * c;
     FOR_EACH(i, count) {
         int ch = (int)(i % c);
-        int img = (int)(i / ((size_t)hw * c));
+        int img = (int)(i / (unsigned)(hw * c));
         float a = alpha[img];
         float v0 = bn_at(a0, to_f(b0[i]), ch);
         float v1 = bn_at(a1, to_f(b1[i]), ch);
@@ -216,7 +221,7 @@ __global__ void pool_shift_kernel(T *p1, T *p2, const T *r, int n, int h, int w,
     const size_t count = (size_t)n * oh * ow * c;
     FOR_EACH(i, count) {
         int ch = (int)(i % c);
-        size_t t = i / c;
+        unsigned t = i / c;
         int x = (int)(t % ow);
         t /= ow;
         int y = (int)(t % oh);
@@ -238,7 +243,7 @@ __global__ void pool_shift_backward_kernel(T *dr, const T *dp1, const T *dp2, in
     const size_t count = (size_t)n * h * w * c;
     FOR_EACH(i, count) {
         int ch = (int)(i % c);
-        size_t t = i / c;
+        unsigned t = i / c;
         int x = (int)(t % w);
         t /= w;
         int y = (int)(t % h);
@@ -262,7 +267,7 @@ __global__ void concat_kernel(T *cat, const T *a, const T *b, size_t rows, int c
 {
     const int c = ca + cb;
     FOR_EACH(i, rows * c) {
-        size_t row = i / c;
+        unsigned row = i / c;
         int ch = (int)(i % c);
         cat[i] = ch < ca ? a[row * ca + ch] : b[row * cb + (ch - ca)];
     }
@@ -274,7 +279,7 @@ __global__ void split_kernel(T *da, T *db, const T *dcat, size_t rows, int ca, i
 {
     const int c = ca + cb;
     FOR_EACH(i, rows * c) {
-        size_t row = i / c;
+        unsigned row = i / c;
         int ch = (int)(i % c);
         if (ch < ca)
             da[row * ca + ch] = dcat[i];
@@ -311,7 +316,7 @@ __global__ void head_pool_kernel(float *pooled, const T *h, int n, int hw, int c
 {
     FOR_EACH(i, (size_t)n * c) {
         int ch = (int)(i % c);
-        size_t img = i / c;
+        unsigned img = i / c;
         const T *p = h + img * hw * c + ch;
         float sum = 0.0f;
         for (int k = 0; k < hw; k++) {
@@ -330,7 +335,7 @@ __global__ void head_pool_backward_kernel(T *g, const float *dpooled, const T *h
     const size_t count = (size_t)n * hw * c;
     FOR_EACH(i, count) {
         int ch = (int)(i % c);
-        size_t img = i / ((size_t)hw * c);
+        unsigned img = i / (unsigned)(hw * c);
         float v = dpooled[img * c + ch] / (float)hw;
         if (relu && !(to_f(h[i]) > 0.0f))
             v = 0.0f;
@@ -472,13 +477,13 @@ __global__ void data_batch_kernel(T *out, int *labels, const uint8_t *pixels,
         if (nchw) {
             x = (int)(i % w);
             y = (int)(i / w % h);
-            ch = (int)(i / ((size_t)w * h) % c);
-            j = (int)(i / ((size_t)w * h * c));
+            ch = (int)(i / (unsigned)(w * h) % c);
+            j = (int)(i / (unsigned)(w * h * c));
         } else {
             ch = (int)(i % c);
             x = (int)(i / c % w);
-            y = (int)(i / ((size_t)c * w) % h);
-            j = (int)(i / ((size_t)c * w * h));
+            y = (int)(i / (unsigned)(c * w) % h);
+            j = (int)(i / (unsigned)(c * w * h));
         }
         const int img = idx[j];
         int flip = 0, dx = CROP_PAD, dy = CROP_PAD;
@@ -521,13 +526,13 @@ template <typename T> struct DySource {
 };
 
 template <typename T>
-__device__ __forceinline__ float dy_at(const DySource<T> &s, size_t row, size_t i)
+__device__ __forceinline__ float dy_at(const DySource<T> &s, unsigned row, size_t i)
 {
     float v = to_f(s.d[i]);
     if (s.m && !(to_f(s.m[i]) > 0.0f))
         v = 0.0f;
     if (s.coef) {
-        float k = s.coef[row / s.hw];
+        float k = s.coef[row / (unsigned)s.hw];
         v *= s.one_minus ? 1.0f - k : k;
     }
     return v;
@@ -658,7 +663,7 @@ __global__ void bn_grad_apply_kernel(T *dx, DySource<T> src, const T *x, const f
 {
     FOR_EACH(i, rows * c) {
         int ch = (int)(i % c);
-        size_t row = i / c;
+        unsigned row = i / c;
         float g = dy_at(src, row, i);
         dx[i] = from_f<T>(k1[ch] * g + k2[ch] * (to_f(x[i]) - mean[ch]) + k3[ch]);
     }
@@ -753,15 +758,16 @@ struct Backend {
     int batch_n;                /* images batch() put in xin; 0: none */
     /* train_step: the epoch order, the step's variables and sums, the graph */
     int *order;
-    int order_cap, order_epoch;
+    int order_cap, order_epoch, order_n;
     const int *order_src;
     StepVars *vars;             /* device: what the step's kernels read */
     StepVars *vars_ring;        /* pinned host slots the copies come from */
     cudaEvent_t vars_done[VARS_RING];
-    int vars_next;
+    unsigned vars_next;
     StepAcc *acc;
     void *blas_ws;
-    int use_graphs, warm;
+    int use_graphs, require_graphs, warm;
+    long graph_launches;
     cudaGraphExec_t graph;
     TrainStep graph_key;        /* the constants the graph was captured with */
     int train_n;
@@ -925,13 +931,19 @@ static int not_supported(cudnnStatus_t st)
             for (int q_ = 0; q_ < (got) && (list).count < MAX_ALGOS; q_++) {              \
                 const int det_ = (perf)[q_].determinism == CUDNN_DETERMINISTIC;           \
                 size_t ws_ = 0;                                                           \
+                const cudnnMathType_t mt_ = be->use_bf16 ? (perf)[q_].mathType           \
+                                                         : CUDNN_FMA_MATH;                \
                 if ((perf)[q_].status != CUDNN_STATUS_SUCCESS || det_ != (pass_ == 0) ||  \
                     !okfn(be, (perf)[q_].algo, (perf)[q_].mathType) ||                    \
-                    wsfn((perf)[q_].algo, &ws_) != CUDNN_STATUS_SUCCESS || ws_ > WS_CAP)  \
+                    cudnnSetConvolutionMathType(cv->conv, mt_) != CUDNN_STATUS_SUCCESS || \
+                    wsfn((perf)[q_].algo, &ws_) != CUDNN_STATUS_SUCCESS)                  \
+                    continue;                                                             \
+                if ((perf)[q_].memory > ws_)                                              \
+                    ws_ = (perf)[q_].memory;                                              \
+                if (ws_ > WS_CAP)                                                         \
                     continue;                                                             \
                 (list).algo[(list).count] = (int)(perf)[q_].algo;                         \
-                (list).math[(list).count] = be->use_bf16 ? (perf)[q_].mathType           \
-                                                         : CUDNN_FMA_MATH;                \
+                (list).math[(list).count] = mt_;                                          \
                 (list).ws[(list).count++] = ws_;                                          \
                 need = ws_ > need ? ws_ : need;                                           \
             }                                                                             \
@@ -1004,9 +1016,12 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     cv->n = 0;
     CKDNN(cudnnSetTensor4dDescriptor(cv->x, CUDNN_TENSOR_NHWC, be->dtype, n, d->cin, d->ih, d->iw));
     CKDNN(cudnnSetTensor4dDescriptor(cv->y, CUDNN_TENSOR_NHWC, be->dtype, n, d->cout, d->oh, d->ow));
-    /* the heuristics see the descriptor's math type: the widest the precision allows */
-    CKDNN(cudnnSetConvolutionMathType(cv->conv, be->use_bf16 ? CUDNN_TENSOR_OP_MATH
-                                                             : CUDNN_FMA_MATH));
+    /* the heuristics see the descriptor's math type: before each query, the
+     * widest the precision allows (FILL_ALGOS leaves a candidate's) */
+#define WIDEST_MATH()                                                                 \
+    CKDNN(cudnnSetConvolutionMathType(cv->conv, be->use_bf16 ? CUDNN_TENSOR_OP_MATH \
+                                                             : CUDNN_FMA_MATH))
+    WIDEST_MATH();
     size_t need = 0;
     int got = 0;
     cudnnHandle_t h = be->dnn;
@@ -1017,6 +1032,7 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
         return cudnnGetConvolutionForwardWorkspaceSize(h, cv->x, cv->w, cv->conv, cv->y, a, ws);
     };
     FILL_ALGOS(cv->fwd, pf, got, fwd_ok, fwd_ws);
+    WIDEST_MATH();
     cudnnConvolutionBwdDataAlgoPerf_t pd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     CKDNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cv->w, cv->y, cv->conv, cv->x,
                                                       CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
@@ -1026,6 +1042,7 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
                                                             ws);
     };
     FILL_ALGOS(cv->bwd_data, pd, got, bwd_data_ok, data_ws);
+    WIDEST_MATH();
     cudnnConvolutionBwdFilterAlgoPerf_t pw[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     CKDNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, cv->x, cv->y, cv->conv, cv->w,
                                                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
@@ -1035,6 +1052,7 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
                                                               ws);
     };
     FILL_ALGOS(cv->bwd_filter, pw, got, bwd_filter_ok, filter_ws);
+#undef WIDEST_MATH
     TRY(grow_workspace(be, need, e));
     cv->n = n;
     return 0;
@@ -1326,8 +1344,10 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     StepAcc zero_acc = {0.0, 0ull, ~0ull};
     CK(cudaMemcpy(be->acc, &zero_acc, sizeof zero_acc, cudaMemcpyHostToDevice));
     be->order_epoch = -1;
+    /* 0: no graphs; require: a capture that fails is an error (tests) */
     const char *graphs = getenv("SHAKE_CUDA_GRAPHS");
-    be->use_graphs = !(graphs && strcmp(graphs, "0") == 0);
+    be->use_graphs = !graphs || strcmp(graphs, "0") != 0;
+    be->require_graphs = graphs && strcmp(graphs, "require") == 0;
 
     /* sizes: the largest activation and channel count */
     size_t max_act = (size_t)N * m->spec.in_c * m->spec.in_h * m->spec.in_w;
@@ -1350,6 +1370,11 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     }
     be->max_act = max_act;
     be->max_c = max_c;
+    /* the kernels index with 32 bits (FOR_EACH) */
+    if (max_act >= ((size_t)1 << 31) || m->nparams >= ((size_t)1 << 31))
+        return err_set(e, "cuda backend: %zu activations of one tensor at batch %d (or %zu "
+                          "parameters) exceed the kernels' 32-bit indices; use a smaller batch",
+                       max_act, N, m->nparams);
 
     /* every conv: stem, branches, shortcuts */
     be->blk = (Blk *)calloc((size_t)m->nblocks, sizeof(Blk));
@@ -1852,6 +1877,14 @@ static int cuda_set_data(Backend *be, const Dataset *train, const Dataset *test,
     const ModelSpec *s = &be->m->spec;
     const Dataset *sets[2] = {train, test};
     CK(cudaSetDevice(be->device));
+    CK(cudaStreamSynchronize(be->stream));
+    if (!be->idx)
+        TRY(dev_alloc(be, (void **)&be->idx, (size_t)2 * be->max_batch * sizeof(int),
+                      "batch indices", e));
+    /* the device's epoch order indexed the old set */
+    be->order_epoch = -1;
+    be->order_src = NULL;
+    be->batch_n = 0;
     for (int k = 0; k < 2; k++) {
         const Dataset *d = sets[k];
         if (be->pixels[k]) {
@@ -1875,9 +1908,6 @@ static int cuda_set_data(Backend *be, const Dataset *train, const Dataset *test,
         be->norm[k] = norm_of(d);
         be->flip[k] = d->flip;
     }
-    if (!be->idx)
-        TRY(dev_alloc(be, (void **)&be->idx, (size_t)2 * be->max_batch * sizeof(int),
-                      "batch indices", e));
     return 0;
 }
 
@@ -1970,6 +2000,9 @@ static int capture_step(Backend *be, const TrainStep *ts, Err *e)
     if (rc != 0 || st != cudaSuccess) {
         cudaGetLastError();
         be->graph = NULL;
+        if (be->require_graphs)
+            return err_set(e, "cuda backend: capturing the training step as a CUDA graph "
+                              "failed: %s", rc ? ce.msg : cudaGetErrorString(st));
         be->use_graphs = 0;
         fprintf(stderr, "cuda backend: capturing the training step as a CUDA graph failed (%s); "
                         "steps run without graphs\n",
@@ -2004,7 +2037,8 @@ static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
         be->order_cap = ts->norder;
         be->order_epoch = -1;
     }
-    if (ts->epoch != be->order_epoch || ts->order != be->order_src) {
+    if (ts->epoch != be->order_epoch || ts->order != be->order_src ||
+        ts->norder != be->order_n) {
         for (int i = 0; i < ts->norder; i++)
             if (ts->order[i] < 0 || ts->order[i] >= be->data_n[0])
                 return err_set(e, "cuda train_step: order holds image %d of %d", ts->order[i],
@@ -2013,11 +2047,12 @@ static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
                            cudaMemcpyHostToDevice, be->stream));
         be->order_epoch = ts->epoch;
         be->order_src = ts->order;
+        be->order_n = ts->norder;
     }
     /* from a pinned slot, so that the copy does not hold the host up; the
      * slot's previous copy finished long ago, but make sure */
-    const int slot = be->vars_next++ % VARS_RING;
-    if (be->vars_next > VARS_RING)
+    const unsigned slot = be->vars_next % VARS_RING;
+    if (be->vars_next++ >= VARS_RING)
         CK(cudaEventSynchronize(be->vars_done[slot]));
     StepVars *v = &be->vars_ring[slot];
     v->offset = ts->offset;
@@ -2036,6 +2071,7 @@ static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
             TRY(capture_step(be, ts, e));
         if (be->graph) {
             CK(cudaGraphLaunch(be->graph, be->stream));
+            be->graph_launches++;
             return 0;
         }
         be->warm++;
@@ -2136,4 +2172,9 @@ int backend_cuda_data_batch(float *x, int *labels, const Dataset *ds, const int 
     cudaFree(dx);
     CK(st);
     return 0;
+}
+
+long backend_cuda_graph_launches(const Backend *be)
+{
+    return be->graph_launches;
 }

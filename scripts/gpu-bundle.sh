@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, what scripts/gpu-check.sh runs on the lent GPU machine (no
 # package registry, Lua, SQLite, libgit2 or oneDNN there) and bundles it into
-# .gpu/ with ../shared/device/bundle.sh: bench_train, sweep, test_cuda and
-# test_backends, with the cuda backend, each with the non-CUDA shared
+# .gpu/ with ../shared/device/bundle.sh: bench_train, sweep and test_cuda,
+# with the cuda backend, each with the non-CUDA shared
 # libraries it needs; the GPU machine's own CUDA libraries are found there by
 # .gpu/env.sh.
 #
@@ -21,7 +21,7 @@ cd "$root"
 
 [ -x "$bundle_sh" ] || { echo "gpu-bundle: $bundle_sh not found (set BUNDLE_SH)" >&2; exit 2; }
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSHAKE_WITH_CUDA=ON
-cmake --build "$build" -j"$(nproc)" --target bench_train sweep test_cuda test_backends
+cmake --build "$build" -j"$(nproc)" --target bench_train sweep test_cuda
 grep -q '^SHAKE_WITH_CUDA:BOOL=ON' "$build/CMakeCache.txt" || {
     echo "gpu-bundle: $build is not configured with the cuda backend (SHAKE_WITH_CUDA)" >&2
     exit 1
@@ -33,8 +33,7 @@ if "$build/bench_train" backend=cuda steps=1 warmup=0 2>&1 | grep -q "no backend
 fi
 
 rm -rf "$dest"
-"$bundle_sh" "$dest" "$build/bench_train" "$build/sweep" "$build/tests/test_cuda" \
-    "$build/tests/test_backends"
+"$bundle_sh" "$dest" "$build/bench_train" "$build/sweep" "$build/tests/test_cuda"
 mib() { du -sm "$1" | cut -f1; }
 if [ "$(mib "$dest")" -gt 40 ]; then
     tar -C "$dest" -czf "$dest/lib.tar.gz" lib

@@ -49,49 +49,19 @@ static void base_config(TrainConfig *c, const char *backend, const char *out)
     snprintf(c->out, sizeof c->out, "%s", out);
 }
 
-typedef struct {
-    Model m;
-    float *params, *state, *mom;
-    CheckpointMeta meta;
-} Loaded;
-
-static void load(Loaded *l, const char *dir, const TrainConfig *c)
-{
-    char path[4096];
-    Err e = {{0}};
-    snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
-    ModelSpec spec;
-    config_model_spec(c, 10, 3, 32, 32, &spec);
-    if (model_build(&l->m, &spec, &e))
-        fail_msg("%s", e.msg);
-    l->params = malloc(l->m.nparams * sizeof(float));
-    l->state = malloc(l->m.nstate * sizeof(float));
-    l->mom = malloc(l->m.nparams * sizeof(float));
-    if (checkpoint_load(path, &l->m, l->params, l->state, l->mom, &l->meta, &e))
-        fail_msg("%s", e.msg);
-}
-
-static void unload(Loaded *l)
-{
-    free(l->params);
-    free(l->state);
-    free(l->mom);
-    checkpoint_meta_free(&l->meta);
-    model_free(&l->m);
-}
 
 static void assert_same_run(const char *a, const char *b, const TrainConfig *c)
 {
-    Loaded x, y;
-    load(&x, a, c);
-    load(&y, b, c);
+    TuCheckpoint x, y;
+    tu_checkpoint_load(&x, a, c);
+    tu_checkpoint_load(&y, b, c);
     assert_int_equal(x.meta.step, y.meta.step);
     assert_int_equal(x.meta.epoch, y.meta.epoch);
     assert_memory_equal(x.params, y.params, x.m.nparams * sizeof(float));
     assert_memory_equal(x.state, y.state, x.m.nstate * sizeof(float));
     assert_memory_equal(x.mom, y.mom, x.m.nparams * sizeof(float));
-    unload(&x);
-    unload(&y);
+    tu_checkpoint_free(&x);
+    tu_checkpoint_free(&y);
 }
 
 static void train_ok(const TrainConfig *c, int want)
@@ -172,12 +142,12 @@ static void test_same_seed_same_run(void **s)
     c.seed = 6;
     snprintf(c.out, sizeof c.out, "%s", c3);
     train_ok(&c, TRAIN_DONE);
-    Loaded x, y;
-    load(&x, a, &c);
-    load(&y, c3, &c);
+    TuCheckpoint x, y;
+    tu_checkpoint_load(&x, a, &c);
+    tu_checkpoint_load(&y, c3, &c);
     assert_true(memcmp(x.params, y.params, x.m.nparams * sizeof(float)) != 0);
-    unload(&x);
-    unload(&y);
+    tu_checkpoint_free(&x);
+    tu_checkpoint_free(&y);
     tu_rmtree(root);
     free(root);
 }

@@ -186,3 +186,28 @@ const char *tu_source_path(const char *rel)
     snprintf(buf, sizeof buf, "%s/%s", SHAKE_SOURCE_DIR, rel);
     return buf;
 }
+
+void tu_checkpoint_load(TuCheckpoint *l, const char *dir, const TrainConfig *c)
+{
+    char path[4096];
+    Err e = {{0}};
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+    ModelSpec spec;
+    config_model_spec(c, 10, 3, 32, 32, &spec);
+    if (model_build(&l->m, &spec, &e))
+        fail_msg("%s", e.msg);
+    l->params = malloc(l->m.nparams * sizeof(float));
+    l->state = malloc(l->m.nstate * sizeof(float));
+    l->mom = malloc(l->m.nparams * sizeof(float));
+    if (checkpoint_load(path, &l->m, l->params, l->state, l->mom, &l->meta, &e))
+        fail_msg("%s: %s", path, e.msg);
+}
+
+void tu_checkpoint_free(TuCheckpoint *l)
+{
+    free(l->params);
+    free(l->state);
+    free(l->mom);
+    checkpoint_meta_free(&l->meta);
+    model_free(&l->m);
+}

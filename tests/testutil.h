@@ -11,6 +11,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "checkpoint.h"
+#include "config.h"
+#include "model.h"
+
 /* A fresh folder under $TMPDIR (or /tmp); returns a static-lifetime copy. */
 char *tu_tempdir(const char *tag);
 /* Removes a folder tree made by tu_tempdir. */
@@ -50,6 +54,16 @@ int tu_run_sweep(char **output, const char *fmt, ...)
  */
 void tu_write_cifar10(const char *dir, int n_train, int n_test, uint64_t seed,
                       int test_is_train);
+
+/* A run folder's checkpoint with the model its config describes on
+ * CIFAR-shaped data (10 classes, 3x32x32); fails the test on error. */
+typedef struct {
+    Model m;
+    float *params, *state, *mom;
+    CheckpointMeta meta;
+} TuCheckpoint;
+void tu_checkpoint_load(TuCheckpoint *l, const char *dir, const TrainConfig *c);
+void tu_checkpoint_free(TuCheckpoint *l);
 
 /* Path under the source tree (fixtures). Static buffer. */
 const char *tu_source_path(const char *rel);
