@@ -481,6 +481,73 @@ static void expect_device_error(const char *what, int rc, const Err *e, int devi
     printf("  %s, device %d: %s\n", what, device, e->msg);
 }
 
+/*
+ * Resume is exact on the GPU too: 3 epochs of 4 steps (three of 32 images,
+ * one of 24) straight, against stopped mid-epoch (step 6) or at an epoch's
+ * end (step 8) and resumed. The straight run replays a captured graph where
+ * the resumed one warms up eagerly, so this also holds the graph to the
+ * eager step's bits (deterministic algorithms are picked first).
+ */
+static void cuda_resume(const char *precision, int64_t stop_step)
+{
+    char *root = tu_tempdir("cuda-resume");
+    TrainConfig c;
+    Err e = {{0}};
+    base_config(&c, "cuda", root);
+    c.epochs = 3;
+    char kv[64];
+    snprintf(kv, sizeof kv, "precision=%s", precision);
+    if (config_set(&c, kv, &e))
+        fail_msg("%s", e.msg);
+    tu_resume_case(&c, root, stop_step);
+    tu_rmtree(root);
+    free(root);
+}
+
+static void test_resume_exact_fp32(void **ctx)
+{
+    (void)ctx;
+    cuda_resume("fp32", 6);
+    cuda_resume("fp32", 8);
+}
+
+static void test_resume_exact_bf16(void **ctx)
+{
+    (void)ctx;
+    cuda_resume("bf16", 6);
+}
+
+/*
+ * Out of GPU memory is an error that says so and names the configuration,
+ * and leaves the device usable: 26 2x96d in float32 at batch 8192 asks for
+ * about 190 GB of activations (23 MB an image; every tensor still within
+ * the kernels' 32-bit indices), more than an H200's 141 GB.
+ */
+static void test_out_of_memory(void **ctx)
+{
+    (void)ctx;
+    const ModelSpec spec = {ARCH_RESNET, 26, 96, 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
+    Model m;
+    Err e = {{0}};
+    if (model_build(&m, &spec, &e))
+        fail_msg("%s", e.msg);
+    BackendOptions o = {8192, 2, 0, PRECISION_FP32};
+    Backend *be = cuda->create(&m, &o, &e);
+    if (be)
+        fail_msg("26 2x96d at batch 8192 fitted in GPU memory");
+    if (!strstr(e.msg, "out of GPU memory") || !strstr(e.msg, "batch 8192") ||
+        !strstr(e.msg, "26 2x96d"))
+        fail_msg("unclear out-of-memory error: %s", e.msg);
+    BackendOptions small = {4, 2, 0, PRECISION_FP32};
+    const ModelSpec tiny = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
+    Model t;
+    if (model_build(&t, &tiny, &e))
+        fail_msg("%s", e.msg);
+    cuda->destroy(compare_create(cuda, &t, &small, 4));
+    model_free(&t);
+    model_free(&m);
+}
+
 static void test_bad_device(void **ctx)
 {
     (void)ctx;
@@ -748,7 +815,7 @@ int main(void)
     }
     printf("test_cuda: %d GPU(s) visible; ref, %s and cuda in this binary\n",
            backend_cuda_devices(), host_backend());
-    struct CMUnitTest tests[NMODES * NCASES + 7];
+    struct CMUnitTest tests[NMODES * NCASES + 10];
     int nt = 0;
     for (int mode = 0; mode < NMODES; mode++)
         for (int i = 0; i < NCASES; i++) {
@@ -763,6 +830,9 @@ int main(void)
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_cuda_on_host);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_host_on_cuda);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_bad_device);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_out_of_memory);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_exact_fp32);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_exact_bf16);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_device_step_fp32);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_device_step_bf16);
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

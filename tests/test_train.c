@@ -50,20 +50,6 @@ static void base_config(TrainConfig *c, const char *backend, const char *out)
 }
 
 
-static void assert_same_run(const char *a, const char *b, const TrainConfig *c)
-{
-    TuCheckpoint x, y;
-    tu_checkpoint_load(&x, a, c);
-    tu_checkpoint_load(&y, b, c);
-    assert_int_equal(x.meta.step, y.meta.step);
-    assert_int_equal(x.meta.epoch, y.meta.epoch);
-    assert_memory_equal(x.params, y.params, x.m.nparams * sizeof(float));
-    assert_memory_equal(x.state, y.state, x.m.nstate * sizeof(float));
-    assert_memory_equal(x.mom, y.mom, x.m.nparams * sizeof(float));
-    tu_checkpoint_free(&x);
-    tu_checkpoint_free(&y);
-}
-
 static void train_ok(const TrainConfig *c, int want)
 {
     Err e = {{0}};
@@ -75,32 +61,10 @@ static void train_ok(const TrainConfig *c, int want)
 static void resume_case(const char *backend, int64_t stop_step, int epochs)
 {
     char *root = tu_tempdir("resume");
-    char straight[400], part[400], cont[400], ck[500];
-    snprintf(straight, sizeof straight, "%s/straight", root);
-    snprintf(part, sizeof part, "%s/part", root);
-    snprintf(cont, sizeof cont, "%s/cont", root);
     TrainConfig c;
-    base_config(&c, backend, straight);
+    base_config(&c, backend, root);
     c.epochs = epochs;
-    train_ok(&c, TRAIN_DONE);
-
-    base_config(&c, backend, part);
-    c.epochs = epochs;
-    c.steps = stop_step;
-    train_ok(&c, TRAIN_STOPPED);
-
-    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", part);
-    Err e = {{0}};
-    char outkv[500];
-    snprintf(outkv, sizeof outkv, "out=%s", cont);
-    char *assign[] = {outkv};
-    if (train_resume_config(&c, ck, assign, 1, &e))
-        fail_msg("%s", e.msg);
-    assert_int_equal(c.epochs, epochs);
-    assert_int_equal(c.steps, stop_step); /* kept from the checkpoint: override it */
-    c.steps = 0;
-    train_ok(&c, TRAIN_DONE);
-    assert_same_run(straight, cont, &c);
+    tu_resume_case(&c, root, stop_step);
     tu_rmtree(root);
     free(root);
 }
@@ -138,7 +102,7 @@ static void test_same_seed_same_run(void **s)
     train_ok(&c, TRAIN_DONE);
     snprintf(c.out, sizeof c.out, "%s", b);
     train_ok(&c, TRAIN_DONE);
-    assert_same_run(a, b, &c);
+    tu_assert_same_run(a, b, &c);
     c.seed = 6;
     snprintf(c.out, sizeof c.out, "%s", c3);
     train_ok(&c, TRAIN_DONE);

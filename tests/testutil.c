@@ -211,3 +211,58 @@ void tu_checkpoint_free(TuCheckpoint *l)
     checkpoint_meta_free(&l->meta);
     model_free(&l->m);
 }
+
+void tu_assert_same_run(const char *a, const char *b, const TrainConfig *c)
+{
+    TuCheckpoint x, y;
+    tu_checkpoint_load(&x, a, c);
+    tu_checkpoint_load(&y, b, c);
+    assert_int_equal(x.meta.step, y.meta.step);
+    assert_int_equal(x.meta.epoch, y.meta.epoch);
+    assert_memory_equal(x.params, y.params, x.m.nparams * sizeof(float));
+    assert_memory_equal(x.state, y.state, x.m.nstate * sizeof(float));
+    assert_memory_equal(x.mom, y.mom, x.m.nparams * sizeof(float));
+    tu_checkpoint_free(&x);
+    tu_checkpoint_free(&y);
+}
+
+static void tu_train(const TrainConfig *c, int want)
+{
+    Err e = {{0}};
+    int st = train_run(c, NULL, &e);
+    if (st != want)
+        fail_msg("train_run (backend %s) returned %d (want %d): %s", c->backend, st, want,
+                 e.msg);
+}
+
+void tu_resume_case(const TrainConfig *base, const char *root, int64_t stop_step)
+{
+    /* run folders fit TrainConfig's out (512) */
+    char straight[480], part[480], cont[480], ck[520];
+    if (strlen(root) > 400)
+        fail_msg("tu_resume_case: folder name too long: %s", root);
+    snprintf(straight, sizeof straight, "%.400s/straight", root);
+    snprintf(part, sizeof part, "%.400s/part", root);
+    snprintf(cont, sizeof cont, "%.400s/cont", root);
+    TrainConfig c = *base;
+    snprintf(c.out, sizeof c.out, "%s", straight);
+    tu_train(&c, TRAIN_DONE);
+
+    c = *base;
+    snprintf(c.out, sizeof c.out, "%s", part);
+    c.steps = stop_step;
+    tu_train(&c, TRAIN_STOPPED);
+
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", part);
+    Err e = {{0}};
+    char outkv[500];
+    snprintf(outkv, sizeof outkv, "out=%s", cont);
+    char *assign[] = {outkv};
+    if (train_resume_config(&c, ck, assign, 1, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(c.epochs, base->epochs);
+    assert_int_equal(c.steps, stop_step); /* kept from the checkpoint: override it */
+    c.steps = 0;
+    tu_train(&c, TRAIN_DONE);
+    tu_assert_same_run(straight, cont, &c);
+}

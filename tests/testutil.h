@@ -14,6 +14,7 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "model.h"
+#include "train.h"
 
 /* A fresh folder under $TMPDIR (or /tmp); returns a static-lifetime copy. */
 char *tu_tempdir(const char *tag);
@@ -64,6 +65,17 @@ typedef struct {
 } TuCheckpoint;
 void tu_checkpoint_load(TuCheckpoint *l, const char *dir, const TrainConfig *c);
 void tu_checkpoint_free(TuCheckpoint *l);
+
+/* The checkpoints in run folders a and b hold the very same run: step,
+ * epoch, and bit for bit the parameters, statistics and momentum. */
+void tu_assert_same_run(const char *a, const char *b, const TrainConfig *c);
+
+/*
+ * Bit-exact resume: c (its out ignored) trained straight into root/straight,
+ * stopped after stop_step steps into root/part, resumed from that
+ * checkpoint into root/cont; the last two must be the very same run.
+ */
+void tu_resume_case(const TrainConfig *c, const char *root, int64_t stop_step);
 
 /* Path under the source tree (fixtures). Static buffer. */
 const char *tu_source_path(const char *rel);
