@@ -111,6 +111,12 @@ template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __flo
 
 static const int THREADS = 256;
 
+/* KERNEL(k, grid, block, stream)(args): a launch, spelled so that the
+ * CPU emulation the tests build this file with (tests/emu) can run it too. */
+#ifndef SHAKE_CUDA_EMU
+#define KERNEL(k, grid, block, stream) k<<<(grid), (block), 0, (stream)>>>
+#endif
+
 static unsigned blocks_for(size_t count)
 {
     size_t b = (count + THREADS - 1) / THREADS;
@@ -1135,10 +1141,10 @@ static int conv_backward_filter(Backend *be, const void *x, const void *dy, Conv
     do {                                                                             \
         if (be->use_bf16) {                                                              \
             typedef bf16 T;                                                          \
-            kernel<T><<<blocks_for(count), THREADS, 0, be->stream>>>(__VA_ARGS__);   \
+            KERNEL(kernel<T>, blocks_for(count), THREADS, be->stream)(__VA_ARGS__);   \
         } else {                                                                     \
             typedef float T;                                                         \
-            kernel<T><<<blocks_for(count), THREADS, 0, be->stream>>>(__VA_ARGS__);   \
+            KERNEL(kernel<T>, blocks_for(count), THREADS, be->stream)(__VA_ARGS__);   \
         }                                                                            \
         CKLAUNCH();                                                                  \
     } while (0)
@@ -1179,7 +1185,7 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
     const BnDesc *d = bn->d;
     const int c = d->c;
     if (!train) {
-        bn_eval_kernel<<<blocks_for(c), THREADS, 0, be->stream>>>(bn->scale, be->P + d->gamma,
+        KERNEL(bn_eval_kernel, blocks_for(c), THREADS, be->stream)(bn->scale, be->P + d->gamma,
                                                                    be->S + d->var, c);
         CKLAUNCH();
         bn->train = 0;
@@ -1188,13 +1194,13 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
     unsigned chunks = bn_chunks(rows, c);
     dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
     if (be->use_bf16)
-        bn_stats_partial_kernel<bf16><<<grid, block, 0, be->stream>>>(be->part, (const bf16 *)x,
+        KERNEL(bn_stats_partial_kernel<bf16>, grid, block, be->stream)(be->part, (const bf16 *)x,
                                                                       rows, c, (int)chunks);
     else
-        bn_stats_partial_kernel<float><<<grid, block, 0, be->stream>>>(be->part, (const float *)x,
+        KERNEL(bn_stats_partial_kernel<float>, grid, block, be->stream)(be->part, (const float *)x,
                                                                        rows, c, (int)chunks);
     CKLAUNCH();
-    bn_stats_final_kernel<<<blocks_for(c), THREADS, 0, be->stream>>>(
+    KERNEL(bn_stats_final_kernel, blocks_for(c), THREADS, be->stream)(
         bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, be->part, (int)chunks, c,
         (double)rows, be->P + d->gamma);
     CKLAUNCH();
@@ -1231,14 +1237,14 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
     DySource<T> src = {(const T *)d, (const T *)m, coef, one_minus, hw};
     unsigned chunks = bn_chunks(rows, c);
     dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
-    bn_grad_partial_kernel<T><<<grid, block, 0, be->stream>>>(be->part, src, (const T *)x,
+    KERNEL(bn_grad_partial_kernel<T>, grid, block, be->stream)(be->part, src, (const T *)x,
                                                               bn->mean, rows, c, (int)chunks);
     CKLAUNCH();
-    bn_grad_final_kernel<<<blocks_for(c), THREADS, 0, be->stream>>>(
+    KERNEL(bn_grad_final_kernel, blocks_for(c), THREADS, be->stream)(
         be->k1, be->k2, be->k3, be->G + bd->gamma, be->G + bd->beta, be->part, (int)chunks, c,
         (double)rows, bn->rstd, be->P + bd->gamma);
     CKLAUNCH();
-    bn_grad_apply_kernel<T><<<blocks_for(rows * c), THREADS, 0, be->stream>>>(
+    KERNEL(bn_grad_apply_kernel<T>, blocks_for(rows * c), THREADS, be->stream)(
         (T *)dx, src, (const T *)x, bn->mean, be->k1, be->k2, be->k3, rows, c);
     CKLAUNCH();
     return 0;
@@ -1434,7 +1440,7 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     TRY(dev_alloc(be, (void **)&be->alpha, (2 * nb * N + N) * 4, "coefficients", e));
     be->beta = be->alpha + nb * N;
     be->half = be->beta + nb * N;
-    fill_kernel<<<blocks_for(N), THREADS, 0, be->stream>>>(be->half, 0.5f, (size_t)N);
+    KERNEL(fill_kernel, blocks_for(N), THREADS, be->stream)(be->half, 0.5f, (size_t)N);
     CKLAUNCH();
     /* algorithms and workspace for the full batch now, so that memory
      * problems show at create */
@@ -1689,10 +1695,10 @@ static int forward_enqueue(Backend *be, int n, int train, Err *e)
     const int resnet = s->arch == ARCH_RESNET;
     const size_t pc = (size_t)n * m->fc_in;
     if (be->use_bf16)
-        head_pool_kernel<bf16><<<blocks_for(pc), THREADS, 0, be->stream>>>(
+        KERNEL(head_pool_kernel<bf16>, blocks_for(pc), THREADS, be->stream)(
             be->pooled, (const bf16 *)h, n, fhw, m->fc_in, resnet);
     else
-        head_pool_kernel<float><<<blocks_for(pc), THREADS, 0, be->stream>>>(
+        KERNEL(head_pool_kernel<float>, blocks_for(pc), THREADS, be->stream)(
             be->pooled, (const float *)h, n, fhw, m->fc_in, resnet);
     CKLAUNCH();
     /* logits (n, K) row-major = pooled (n, I) @ W^T, W (K, I) row-major:
@@ -1701,7 +1707,7 @@ static int forward_enqueue(Backend *be, int n, int train, Err *e)
     const int K = s->classes, I = m->fc_in;
     CKBLAS(cublasSgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, K, n, I, &one, be->P + m->fc_w, I,
                        be->pooled, I, &zero, be->logits, K));
-    bias_add_kernel<<<blocks_for((size_t)n * K), THREADS, 0, be->stream>>>(be->logits,
+    KERNEL(bias_add_kernel, blocks_for((size_t)n * K), THREADS, be->stream)(be->logits,
                                                                          be->P + m->fc_b, n, K);
     CKLAUNCH();
     return 0;
@@ -1815,7 +1821,7 @@ static int backward_enqueue(Backend *be, int n, Err *e)
                        be->dlogits, K, &zero, be->G + m->fc_w, I));
     CKBLAS(cublasSgemm(be->blas, CUBLAS_OP_N, CUBLAS_OP_N, I, n, K, &one, be->P + m->fc_w, I,
                        be->dlogits, K, &zero, be->dpooled, I));
-    column_sum_kernel<<<blocks_for(K), THREADS, 0, be->stream>>>(be->G + m->fc_b, be->dlogits, n,
+    KERNEL(column_sum_kernel, blocks_for(K), THREADS, be->stream)(be->G + m->fc_b, be->dlogits, n,
                                                                  K);
     CKLAUNCH();
 
@@ -1851,7 +1857,7 @@ static int cuda_update(Backend *be, float lr, float momentum, float wd, Err *e)
 {
     const size_t np = be->m->nparams;
     CK(cudaSetDevice(be->device));
-    sgd_kernel<<<blocks_for(np), THREADS, 0, be->stream>>>(be->P, be->M, be->G, np, lr,
+    KERNEL(sgd_kernel, blocks_for(np), THREADS, be->stream)(be->P, be->M, be->G, np, lr,
                                                            momentum, wd, NULL);
     CKLAUNCH();
     TRY(weights_refresh(be, e));
@@ -1951,17 +1957,17 @@ static int step_enqueue(Backend *be, const TrainStep *ts, Err *e)
     LAUNCH(data_batch_kernel, total, tp<T>(be->xin), labels, be->pixels[0], be->pixels[0] + bytes,
            (const int *)be->order, n, s->in_c, s->in_h, s->in_w, be->norm[0], be->flip[0],
            ts->seed, 0, ts->augment, 0, (const StepVars *)be->vars);
-    shake_draw_kernel<<<blocks_for((size_t)m->nblocks * n), THREADS, 0, be->stream>>>(
+    KERNEL(shake_draw_kernel, blocks_for((size_t)m->nblocks * n), THREADS, be->stream)(
         be->alpha, be->beta, m->nblocks, n, ts->seed, 0u, ts->forward, ts->backward, ts->level,
         be->vars);
     CKLAUNCH();
     TRY(forward_enqueue(be, n, 1, e));
-    xent_kernel<<<blocks_for(n), THREADS, 0, be->stream>>>(be->dlogits, be->acc, be->logits,
+    KERNEL(xent_kernel, blocks_for(n), THREADS, be->stream)(be->dlogits, be->acc, be->logits,
                                                            labels, n, s->classes, be->vars);
     CKLAUNCH();
     TRY(backward_enqueue(be, n, e));
     const size_t np = m->nparams;
-    sgd_kernel<<<blocks_for(np), THREADS, 0, be->stream>>>(be->P, be->M, be->G, np, 0.0f,
+    KERNEL(sgd_kernel, blocks_for(np), THREADS, be->stream)(be->P, be->M, be->G, np, 0.0f,
                                                            ts->momentum, ts->wd, be->vars);
     CKLAUNCH();
     TRY(weights_refresh(be, e));
@@ -2117,7 +2123,7 @@ int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint6
     const size_t count = (size_t)nblocks * n;
     float *d = NULL;
     CK(cudaMalloc(&d, 2 * count * sizeof(float)));
-    shake_draw_kernel<<<blocks_for(count), THREADS>>>(d, d + count, nblocks, n, seed,
+    KERNEL(shake_draw_kernel, blocks_for(count), THREADS, 0)(d, d + count, nblocks, n, seed,
                                                       (uint32_t)step, fwd, bwd, level, NULL);
     cudaError_t st = cudaGetLastError();
     if (st == cudaSuccess)
@@ -2156,7 +2162,7 @@ int backend_cuda_data_batch(float *x, int *labels, const Dataset *ds, const int 
         st = cudaMemcpy(didx, idx, (size_t)count * sizeof(int), cudaMemcpyHostToDevice);
     if (st == cudaSuccess) {
         Norm nm = norm_of(ds);
-        data_batch_kernel<float><<<blocks_for(out), THREADS>>>(dx, dlab, pix, lab, didx, count,
+        KERNEL(data_batch_kernel<float>, blocks_for(out), THREADS, 0)(dx, dlab, pix, lab, didx, count,
                                                                 ds->c, ds->h, ds->w, nm, ds->flip,
                                                                 seed, epoch, augment, 1, NULL);
         st = cudaGetLastError();
