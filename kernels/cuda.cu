@@ -925,22 +925,23 @@ static int not_supported(cudnnStatus_t st)
 
 /*
  * The candidates from cuDNN's heuristics, best first: supported for this
- * shape, allowed for the precision (fp32: true float32 only, FMA math),
- * within the workspace cap, deterministic ones first (a run repeats exactly
- * on the same GPU). A candidate that turns out unsupported when it runs is
- * skipped for the next (see conv_forward).
+ * shape, allowed for the precision (fp32: FMA math, GEMM-like algorithms
+ * where any is offered, any FMA-math one where none is), within the
+ * workspace cap, deterministic ones first (a run repeats exactly on the
+ * same GPU). A candidate that turns out unsupported when it runs is skipped
+ * for the next (see conv_forward).
  */
 #define FILL_ALGOS(list, perf, got, okfn, wsfn)                                           \
     do {                                                                                  \
         (list).count = (list).cur = 0;                                                    \
-        for (int pass_ = 0; pass_ < 2; pass_++)                                           \
+        for (int pass_ = 0; pass_ < 4 && !(pass_ == 2 && (list).count); pass_++)          \
             for (int q_ = 0; q_ < (got) && (list).count < MAX_ALGOS; q_++) {              \
                 const int det_ = (perf)[q_].determinism == CUDNN_DETERMINISTIC;           \
                 size_t ws_ = 0;                                                           \
                 const cudnnMathType_t mt_ = be->use_bf16 ? (perf)[q_].mathType           \
                                                          : CUDNN_FMA_MATH;                \
-                if ((perf)[q_].status != CUDNN_STATUS_SUCCESS || det_ != (pass_ == 0) ||  \
-                    !okfn(be, (perf)[q_].algo, (perf)[q_].mathType) ||                    \
+                if ((perf)[q_].status != CUDNN_STATUS_SUCCESS || det_ != (pass_ % 2 == 0) || \
+                    !okfn(be, (perf)[q_].algo, (perf)[q_].mathType, pass_ < 2) ||         \
                     cudnnSetConvolutionMathType(cv->conv, mt_) != CUDNN_STATUS_SUCCESS || \
                     wsfn((perf)[q_].algo, &ws_) != CUDNN_STATUS_SUCCESS)                  \
                     continue;                                                             \
@@ -960,33 +961,36 @@ static int not_supported(cudnnStatus_t st)
                            d->groups, n, be->use_bf16 ? "bf16" : "fp32");                 \
     } while (0)
 
-/* fp32 keeps to GEMM-like algorithms in FMA math: FFT and Winograd
+/* fp32 keeps to FMA math (no TF32) and, where cuDNN has one (strict),
+ * to GEMM-like algorithms: FFT and Winograd
  * transforms, and TF32 tensor cores, add rounding that the 1e-4 comparison
  * with ref would see. */
-static int fwd_ok(const Backend *be, cudnnConvolutionFwdAlgo_t a, cudnnMathType_t mt)
+static int fwd_ok(const Backend *be, cudnnConvolutionFwdAlgo_t a, cudnnMathType_t mt, int strict)
 {
     if (be->use_bf16)
         return 1;
     return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
-           (a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
+           (!strict || a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM ||
             a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
             a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT);
 }
 
-static int bwd_data_ok(const Backend *be, cudnnConvolutionBwdDataAlgo_t a, cudnnMathType_t mt)
+static int bwd_data_ok(const Backend *be, cudnnConvolutionBwdDataAlgo_t a, cudnnMathType_t mt,
+                       int strict)
 {
     if (be->use_bf16)
         return 1;
     return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
-           (a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
+           (!strict || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
 }
 
-static int bwd_filter_ok(const Backend *be, cudnnConvolutionBwdFilterAlgo_t a, cudnnMathType_t mt)
+static int bwd_filter_ok(const Backend *be, cudnnConvolutionBwdFilterAlgo_t a,
+                         cudnnMathType_t mt, int strict)
 {
     if (be->use_bf16)
         return 1;
     return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
-           (a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
+           (!strict || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
             a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3);
 }
 
@@ -1021,7 +1025,8 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     const ConvDesc *d = cv->d;
     cv->n = 0;
     CKDNN(cudnnSetTensor4dDescriptor(cv->x, CUDNN_TENSOR_NHWC, be->dtype, n, d->cin, d->ih, d->iw));
-    CKDNN(cudnnSetTensor4dDescriptor(cv->y, CUDNN_TENSOR_NHWC, be->dtype, n, d->cout, d->oh, d->ow));
+    CKDNN(cudnnSetTensor4dDescriptor(cv->y, CUDNN_TENSOR_NHWC, be->dtype, n, d->cout, d->oh,
+                                     d->ow));
     /* the heuristics see the descriptor's math type: before each query, the
      * widest the precision allows (FILL_ALGOS leaves a candidate's) */
 #define WIDEST_MATH()                                                                 \
@@ -2162,9 +2167,9 @@ int backend_cuda_data_batch(float *x, int *labels, const Dataset *ds, const int 
         st = cudaMemcpy(didx, idx, (size_t)count * sizeof(int), cudaMemcpyHostToDevice);
     if (st == cudaSuccess) {
         Norm nm = norm_of(ds);
-        KERNEL(data_batch_kernel<float>, blocks_for(out), THREADS, 0)(dx, dlab, pix, lab, didx, count,
-                                                                ds->c, ds->h, ds->w, nm, ds->flip,
-                                                                seed, epoch, augment, 1, NULL);
+        KERNEL(data_batch_kernel<float>, blocks_for(out), THREADS, 0)(
+            dx, dlab, pix, lab, didx, count, ds->c, ds->h, ds->w, nm, ds->flip, seed, epoch,
+            augment, 1, NULL);
         st = cudaGetLastError();
     }
     if (st == cudaSuccess)

@@ -149,7 +149,8 @@ EmuLaunch<P...> emu_launch(void (*k)(P...), dim3 grid, dim3 block, cudaStream_t 
     return EmuLaunch<P...>{k, grid, block, s};
 }
 
-#define KERNEL(k, grid, block, stream) emu_launch(k, dim3(grid), dim3(block), (cudaStream_t)(stream))
+#define KERNEL(k, grid, block, stream) \
+    emu_launch(k, dim3(grid), dim3(block), (cudaStream_t)(stream))
 
 /* ---- atomics (one thread at a time) ---- */
 
