@@ -773,6 +773,7 @@ struct Backend {
     StepAcc *acc;
     void *blas_ws;
     int use_graphs, require_graphs, warm;
+    int verbose;                /* SHAKE_CUDA_VERBOSE=1: algorithm choices on stderr */
     long graph_launches;
     cudaGraphExec_t graph;
     TrainStep graph_key;        /* the constants the graph was captured with */
@@ -1066,6 +1067,15 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
 #undef WIDEST_MATH
     TRY(grow_workspace(be, need, e));
     cv->n = n;
+    if (be->verbose)
+        fprintf(stderr, "cuda: %dx%d conv %d -> %d (stride %d, groups %d, %dx%d) at batch %d, "
+                        "%s: forward algo %d math %d, backward data %d math %d, backward filter "
+                        "%d math %d (of %d, %d, %d candidates), workspace %zu\n",
+                d->k, d->k, d->cin, d->cout, d->stride, d->groups, d->ih, d->iw, n,
+                be->use_bf16 ? "bf16" : "fp32", cv->fwd.algo[0], (int)cv->fwd.math[0],
+                cv->bwd_data.algo[0], (int)cv->bwd_data.math[0], cv->bwd_filter.algo[0],
+                (int)cv->bwd_filter.math[0], cv->fwd.count, cv->bwd_data.count,
+                cv->bwd_filter.count, be->ws_size);
     return 0;
 }
 
@@ -1358,6 +1368,8 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     /* 0: no graphs; require: a capture that fails is an error (tests) */
     const char *graphs = getenv("SHAKE_CUDA_GRAPHS");
     be->use_graphs = !graphs || strcmp(graphs, "0") != 0;
+    const char *verbose = getenv("SHAKE_CUDA_VERBOSE");
+    be->verbose = verbose && strcmp(verbose, "0") != 0;
     be->require_graphs = graphs && strcmp(graphs, "require") == 0;
 
     /* sizes: the largest activation and channel count */

@@ -26,7 +26,8 @@
 #
 # Logs go to $OUT (the device tool's folder there; ./gpu-out elsewhere), in
 # the few files the device tool brings back: system.txt, tests.log,
-# sanitizer.log, bench.log and summary.txt, the table printed last.
+# algos.txt (the cuDNN algorithms picked), sanitizer.log, bench.log and
+# summary.txt, the table printed last.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 out=${OUT:-./gpu-out}
@@ -37,6 +38,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
 : >"$out/tests.log"
+: >"$out/algos.txt"
 : >"$out/sanitizer.log"
 : >"$out/bench.log"
 
@@ -115,6 +117,16 @@ counts=$(sed -n 's/^\[  \(PASSED\|FAILED\)  \] \([0-9]*\) test.*/\2 \L\1/p' "$tm
 failed=$(sed -n 's/^\[  FAILED  \] \([^0-9].*\)/\1/p' "$tmp/$t.out" | paste -sd';' -)
 [ -n "$counts" ] || counts=$(head -n 1 "$tmp/$t.out" | cut -c1-100)
 note "$t" "$(verdict $rc)" "$secs" "${counts}${failed:+ -- failed: $failed}"
+
+# ---- which cuDNN algorithms the backend picks (SHAKE_CUDA_VERBOSE) ----
+for p in bf16 fp32; do
+    run_step "algos-$p" "$out/algos.txt" 60 env SHAKE_CUDA_VERBOSE=1 "$bin/sweep" train \
+        dataset=synthetic backend=cuda precision="$p" depth=26 width=32 batch=128 steps=3 \
+        epochs=1 out="$tmp/algos-$p"
+    [ "$rc" = 0 ] || status=1
+    note "algos-$p" "$(verdict $rc)" "$secs" \
+        "$(grep -c '^cuda: ' "$tmp/algos-$p.out") convolutions in algos.txt"
+done
 
 # ---- memcheck ----
 san=$(command -v compute-sanitizer ||
@@ -205,6 +217,7 @@ epoch_run() { # WIDTH PRECISION: `sweep train`, 2 epochs; prints the second's fi
         "$0" train dataset=synthetic backend=cuda precision="$1" depth=26 width="$2" \
             batch=128 epochs=2 lr=0.1 out="$3" >"$3.out" 2>&1 || { cat "$3.out"; exit 1; }
         tail -n 4 "$3.out"
+        grep -m 3 "cuda backend" "$3.out"
         "$4" -c "
 import json, sys
 ep = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
