@@ -607,16 +607,48 @@ __global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x
  * scale for the forward, and the running update with the unbiased
  * variance (model.h's BN_MOMENTUM and BN_EPS).
  */
+/*
+ * The partials of 32 channels summed by a block of (32, BN_FY) threads:
+ * thread (x, y) takes chunks y, y + BN_FY, ..., then thread (x, 0) adds the
+ * BN_FY sums in order -- a fixed order, so the result repeats exactly, and
+ * no thread walks all the chunks alone (up to 512 dependent loads). Leaves
+ * the totals in *a and *b of thread (x, 0); returns whether it is that
+ * thread of a channel that exists.
+ */
+enum { BN_FY = 32 };
+
+__device__ __forceinline__ bool bn_chunk_sums(double *a, double *b, const double *part,
+                                              int chunks, int c)
+{
+    __shared__ double s1[BN_FY][BN_TX], s2[BN_FY][BN_TX];
+    const int ch = blockIdx.x * BN_TX + threadIdx.x;
+    double x = 0.0, y = 0.0;
+    if (ch < c)
+        for (int k = threadIdx.y; k < chunks; k += BN_FY) {
+            x += part[(size_t)k * 2 * c + ch];
+            y += part[(size_t)k * 2 * c + c + ch];
+        }
+    s1[threadIdx.y][threadIdx.x] = x;
+    s2[threadIdx.y][threadIdx.x] = y;
+    __syncthreads();
+    if (threadIdx.y != 0 || ch >= c)
+        return false;
+    for (int k = 1; k < BN_FY; k++) {
+        x += s1[k][threadIdx.x];
+        y += s2[k][threadIdx.x];
+    }
+    *a = x;
+    *b = y;
+    return true;
+}
+
 __global__ void bn_stats_final_kernel(float *mean, float *rstd, float *scale, float *run_mean,
                                       float *run_var, const double *part, int chunks, int c,
                                       double count, const float *gamma)
 {
-    FOR_EACH(ch, (size_t)c) {
-        double a = 0.0, b = 0.0;
-        for (int k = 0; k < chunks; k++) {
-            a += part[(size_t)k * 2 * c + ch];
-            b += part[(size_t)k * 2 * c + c + ch];
-        }
+    double a, b;
+    if (bn_chunk_sums(&a, &b, part, chunks, c)) {
+        const int ch = blockIdx.x * BN_TX + threadIdx.x;
         double mu = a / count;
         double var = b / count - mu * mu;
         if (var < 0.0)
@@ -647,12 +679,9 @@ __global__ void bn_grad_final_kernel(float *k1, float *k2, float *k3, float *dga
                                      const double *part, int chunks, int c, double count,
                                      const float *rstd, const float *gamma)
 {
-    FOR_EACH(ch, (size_t)c) {
-        double sdy = 0.0, sdx = 0.0;       /* sum dy, sum dy * (x - mean) */
-        for (int k = 0; k < chunks; k++) {
-            sdy += part[(size_t)k * 2 * c + ch];
-            sdx += part[(size_t)k * 2 * c + c + ch];
-        }
+    double sdy, sdx;                /* sum dy, sum dy * (x - mean) */
+    if (bn_chunk_sums(&sdy, &sdx, part, chunks, c)) {
+        const int ch = blockIdx.x * BN_TX + threadIdx.x;
         double rs = rstd[ch], gm = gamma[ch];
         dgamma[ch] = (float)(sdx * rs);
         dbeta[ch] = (float)sdy;
@@ -1215,7 +1244,8 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
         KERNEL(bn_stats_partial_kernel<float>, grid, block, be->stream)(be->part, (const float *)x,
                                                                        rows, c, (int)chunks);
     CKLAUNCH();
-    KERNEL(bn_stats_final_kernel, blocks_for(c), THREADS, be->stream)(
+    const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
+    KERNEL(bn_stats_final_kernel, fgrid, fblock, be->stream)(
         bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, be->part, (int)chunks, c,
         (double)rows, be->P + d->gamma);
     CKLAUNCH();
@@ -1255,7 +1285,8 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
     KERNEL(bn_grad_partial_kernel<T>, grid, block, be->stream)(be->part, src, (const T *)x,
                                                               bn->mean, rows, c, (int)chunks);
     CKLAUNCH();
-    KERNEL(bn_grad_final_kernel, blocks_for(c), THREADS, be->stream)(
+    const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
+    KERNEL(bn_grad_final_kernel, fgrid, fblock, be->stream)(
         be->k1, be->k2, be->k3, be->G + bd->gamma, be->G + bd->beta, be->part, (int)chunks, c,
         (double)rows, bn->rstd, be->P + bd->gamma);
     CKLAUNCH();
