@@ -1011,7 +1011,8 @@ static int bwd_data_ok(const Backend *be, cudnnConvolutionBwdDataAlgo_t a, cudnn
     if (be->use_bf16)
         return 1;
     return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
-           (!strict || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
+           (!strict || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 ||
+            a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
 }
 
 static int bwd_filter_ok(const Backend *be, cudnnConvolutionBwdFilterAlgo_t a,
@@ -1020,8 +1021,8 @@ static int bwd_filter_ok(const Backend *be, cudnnConvolutionBwdFilterAlgo_t a,
     if (be->use_bf16)
         return 1;
     return (mt == CUDNN_FMA_MATH || mt == CUDNN_DEFAULT_MATH) &&
-           (!strict || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
-            a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3);
+           (!strict || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 ||
+            a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3);
 }
 
 /* A captured step holds buffer addresses: any reallocation ends it. */
@@ -1179,19 +1180,22 @@ static int conv_backward_filter(Backend *be, const void *x, const void *dy, Conv
 
 /* ---- launch helpers: one place where precision picks the kernel ---- */
 
-/* Launches kernel<T> for the precision's element type; inside the argument
- * list, T names that type (tp<T>(p) views an activation buffer as T *). */
-#define LAUNCH(kernel, count, ...)                                                   \
-    do {                                                                             \
-        if (be->use_bf16) {                                                              \
-            typedef bf16 T;                                                          \
-            KERNEL(kernel<T>, blocks_for(count), THREADS, be->stream)(__VA_ARGS__);   \
-        } else {                                                                     \
-            typedef float T;                                                         \
-            KERNEL(kernel<T>, blocks_for(count), THREADS, be->stream)(__VA_ARGS__);   \
-        }                                                                            \
-        CKLAUNCH();                                                                  \
+/* Launches kernel<T> for the precision's element type on (grid, block);
+ * inside the argument list, T names that type (tp<T>(p) views an
+ * activation buffer as T *). LAUNCH: one thread per element of count. */
+#define LAUNCH_ON(kernel, grid, block, ...)                                  \
+    do {                                                                     \
+        if (be->use_bf16) {                                                  \
+            typedef bf16 T;                                                  \
+            KERNEL(kernel<T>, grid, block, be->stream)(__VA_ARGS__);         \
+        } else {                                                             \
+            typedef float T;                                                 \
+            KERNEL(kernel<T>, grid, block, be->stream)(__VA_ARGS__);         \
+        }                                                                    \
+        CKLAUNCH();                                                          \
     } while (0)
+#define LAUNCH(kernel, count, ...) \
+    LAUNCH_ON(kernel, blocks_for(count), THREADS, __VA_ARGS__)
 
 template <typename T> static T *tp(void *p) { return (T *)p; }
 template <typename T> static const T *tp(const void *p) { return (const T *)p; }
@@ -1237,13 +1241,7 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
     }
     unsigned chunks = bn_chunks(rows, c);
     dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
-    if (be->use_bf16)
-        KERNEL(bn_stats_partial_kernel<bf16>, grid, block, be->stream)(be->part, (const bf16 *)x,
-                                                                      rows, c, (int)chunks);
-    else
-        KERNEL(bn_stats_partial_kernel<float>, grid, block, be->stream)(be->part, (const float *)x,
-                                                                       rows, c, (int)chunks);
-    CKLAUNCH();
+    LAUNCH_ON(bn_stats_partial_kernel, grid, block, be->part, tp<T>(x), rows, c, (int)chunks);
     const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
     KERNEL(bn_stats_final_kernel, fgrid, fblock, be->stream)(
         bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, be->part, (int)chunks, c,
@@ -1742,13 +1740,7 @@ static int forward_enqueue(Backend *be, int n, int train, Err *e)
     const int fhw = m->feat_h * m->feat_w;
     const int resnet = s->arch == ARCH_RESNET;
     const size_t pc = (size_t)n * m->fc_in;
-    if (be->use_bf16)
-        KERNEL(head_pool_kernel<bf16>, blocks_for(pc), THREADS, be->stream)(
-            be->pooled, (const bf16 *)h, n, fhw, m->fc_in, resnet);
-    else
-        KERNEL(head_pool_kernel<float>, blocks_for(pc), THREADS, be->stream)(
-            be->pooled, (const float *)h, n, fhw, m->fc_in, resnet);
-    CKLAUNCH();
+    LAUNCH(head_pool_kernel, pc, be->pooled, tp<T>(h), n, fhw, m->fc_in, resnet);
     /* logits (n, K) row-major = pooled (n, I) @ W^T, W (K, I) row-major:
      * column-major, logits^T (K, n) = W_cm^T (K, I) pooled_cm (I, n) */
     const float one = 1.0f, zero = 0.0f;
