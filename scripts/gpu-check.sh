@@ -53,11 +53,40 @@ fi
 # shellcheck source=/dev/null
 . .gpu/env.sh
 bin=.gpu/bin
+# env.sh looks in ldconfig's cache, /usr/local/cuda* and /opt; where a library
+# is still missing, look in the CUDA toolkit's folders and the Python
+# packages' nvidia/*/lib folders, then anywhere on this filesystem.
+missing=$(for b in "$bin"/*; do ldd "$b" 2>/dev/null; done | awk '/not found/ {print $1}' | sort -u)
+if [ -n "$missing" ]; then
+    echo "gpu-check: after env.sh, not found: $(echo $missing)"
+    dirs=$(
+        ls -d /usr/local/cuda*/lib64 /usr/local/cuda*/targets/x86_64-linux/lib 2>/dev/null
+        "$py" -c 'import glob, site
+for d in site.getsitepackages(): print("\n".join(glob.glob(d + "/nvidia/*/lib")))' 2>/dev/null
+    )
+    for lib in $missing; do
+        found=""
+        for d in $dirs; do [ -e "$d/$lib" ] && { found=$d/$lib; break; }; done
+        [ -n "$found" ] || found=$(find / -xdev -name "$lib" 2>/dev/null | head -n 1)
+        if [ -n "$found" ]; then
+            echo "gpu-check: $lib from $found"
+            export LD_LIBRARY_PATH="$(dirname "$found"):$LD_LIBRARY_PATH"
+        else
+            echo "gpu-check: $lib not found on this machine"
+        fi
+    done
+fi
+# the CUDA libraries the binaries will load, with their versions
+libs=$(ldd "$bin/test_cuda" 2>&1 | awk '/cud|cublas|not found/ {print $1, $3}' |
+    while read -r n p; do echo "$n -> $(readlink -f "$p" 2>/dev/null || echo "$p")"; done)
+echo "$libs"
 
 {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "host: $(uname -srm), $(nproc) cores"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    echo "$libs"
+    "$py" -c 'import torch; print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())' 2>&1
     nvidia-smi 2>&1
     echo
     for b in "$bin"/*; do echo "== ldd $b"; ldd "$b" 2>&1; done
@@ -128,44 +157,6 @@ for p in bf16 fp32; do
         "$(grep -c '^cuda: ' "$tmp/algos-$p.out") convolutions in algos.txt"
 done
 
-# ---- memcheck ----
-san=$(command -v compute-sanitizer ||
-    find /usr/local/cuda*/bin /opt -name compute-sanitizer -type f 2>/dev/null | head -n 1)
-sanitize() { # NAME bench_train arguments...
-    local name=$1
-    shift
-    if [ -z "$san" ]; then
-        note "$name" "not run" 0 "compute-sanitizer not found"
-        status=1
-        return
-    fi
-    run_step "$name" "$out/sanitizer.log" 90 "$san" --tool memcheck --leak-check full \
-        --print-limit 20 --error-exitcode 99 "$bin/bench_train" backend=cuda steps=2 warmup=1 \
-        batch=8 "$@"
-    [ "$rc" = 0 ] || status=1
-    local summary
-    summary=$(grep -m1 'ERROR SUMMARY' "$tmp/$name.out" | sed 's/^=* *//')
-    note "$name" "$(verdict $rc)" "$secs" "$summary"
-}
-# the training path first: 4 steps of 16, the third captured, the fourth replayed
-if [ -n "$san" ]; then
-    run_step memcheck-train-bf16 "$out/sanitizer.log" 120 "$san" --tool memcheck \
-        --print-limit 20 --error-exitcode 99 "$bin/sweep" train dataset=synthetic \
-        backend=cuda precision=bf16 depth=8 width=16 batch=16 steps=4 epochs=1 \
-        out="$tmp/memcheck-train"
-    [ "$rc" = 0 ] || status=1
-    note memcheck-train-bf16 "$(verdict $rc)" "$secs" \
-        "$(grep -m1 'ERROR SUMMARY' "$tmp/memcheck-train-bf16.out" | sed 's/^=* *//')"
-fi
-sanitize memcheck-resnet8-fp32 depth=8 width=16 precision=fp32
-# instrumenting cuDNN's kernels is what takes the time: a second run would
-# time out too
-if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    note memcheck-resnext11-bf16 "not run" 0 "the first memcheck timed out"
-else
-    sanitize memcheck-resnext11-bf16 arch=resnext depth=11 width=8 groups=4 precision=bf16
-fi
-
 # ---- benchmarks ----
 # GPU memory in use every 100 ms, one nvidia-smi call a sample: a killed
 # nvidia-smi -lms may lose its last, buffered lines.
@@ -228,18 +219,90 @@ print(\" img_per_s=%.1f ms_per_step=%.2f epoch_s=%.2f train_s=%.2f eval_s=%.2f\"
     e[\"seconds\"], e[\"eval_seconds\"]))
 " "$3/log.jsonl"' "$bin/sweep" "$2" "$1" "$tmp/run-w$1-$2" "$py"
 }
-# the comparisons that matter most first, in case the budget runs out
+# the comparisons that matter most first, in case the budget runs out;
+# fp32 2x96d as bench_train's estimate (two real fp32 epochs of it cost
+# a minute of the lease)
 epoch_run 32 bf16
 theirs 32 bf16
 epoch_run 96 bf16
 theirs 96 bf16
 epoch_run 32 fp32
-ours 32 bf16 epoch=1
-ours 96 bf16
-ours 32 fp32
-ours 96 fp32
 theirs 32 fp32
+ours 96 fp32
 theirs 96 fp32
+ours 32 bf16
+
+# ---- memcheck ----
+san=$(command -v compute-sanitizer ||
+    find /usr/local/cuda*/bin /opt -name compute-sanitizer -type f 2>/dev/null | head -n 1)
+sanitize() { # NAME bench_train arguments...
+    local name=$1
+    shift
+    if [ -z "$san" ]; then
+        note "$name" "not run" 0 "compute-sanitizer not found"
+        status=1
+        return
+    fi
+    run_step "$name" "$out/sanitizer.log" 90 "$san" --tool memcheck --leak-check full \
+        --print-limit 20 --error-exitcode 99 "$bin/bench_train" backend=cuda steps=2 warmup=1 \
+        batch=8 "$@"
+    [ "$rc" = 0 ] || status=1
+    local summary
+    summary=$(grep -m1 'ERROR SUMMARY' "$tmp/$name.out" | sed 's/^=* *//')
+    note "$name" "$(verdict $rc)" "$secs" "$summary"
+}
+# the training path first: 4 steps of 16, the third captured, the fourth replayed
+if [ -n "$san" ]; then
+    run_step memcheck-train-bf16 "$out/sanitizer.log" 120 "$san" --tool memcheck \
+        --print-limit 20 --error-exitcode 99 "$bin/sweep" train dataset=synthetic \
+        backend=cuda precision=bf16 depth=8 width=16 batch=16 steps=4 epochs=1 \
+        out="$tmp/memcheck-train"
+    [ "$rc" = 0 ] || status=1
+    note memcheck-train-bf16 "$(verdict $rc)" "$secs" \
+        "$(grep -m1 'ERROR SUMMARY' "$tmp/memcheck-train-bf16.out" | sed 's/^=* *//')"
+fi
+sanitize memcheck-resnet8-fp32 depth=8 width=16 precision=fp32
+# instrumenting cuDNN's kernels is what takes the time: a second run would
+# time out too
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    note memcheck-resnext11-bf16 "not run" 0 "the first memcheck timed out"
+else
+    sanitize memcheck-resnext11-bf16 arch=resnext depth=11 width=8 groups=4 precision=bf16
+fi
+
+# ---- where a step's time goes: each kernel's time from Nsight Compute ----
+# bench_train's per-call path, 26 2x32d bf16 at batch 128: a warm-up step, a
+# timed step and an evaluation batch; kernels summed by name (profile.txt).
+ncu_bin=$(command -v ncu || find /usr/local/cuda*/bin /opt -name ncu -type f 2>/dev/null | head -n 1)
+if [ -n "$ncu_bin" ]; then
+    : >"$out/profile.txt"
+    run_step profile "$out/profile.txt" 90 "$ncu_bin" --clock-control none \
+        --metrics gpu__time_duration.sum --csv --print-units base --launch-count 3000 \
+        "$bin/bench_train" backend=cuda depth=26 width=32 batch=128 precision=bf16 steps=1 \
+        warmup=1
+    # shellcheck disable=SC2016
+    "$py" -c '
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if not rows:
+    sys.exit("no kernel rows")
+h = rows[0]
+name, val = h.index("Kernel Name"), h.index("Metric Value")
+t = collections.defaultdict(float); n = collections.Counter()
+for r in rows[1:]:
+    try: v = float(r[val].replace(",", ""))
+    except ValueError: continue
+    k = r[name].split("(")[0][:90]; t[k] += v; n[k] += 1
+tot = sum(t.values())
+print("kernel time over the profiled launches: %.3f ms in %d launches" % (tot / 1e6, sum(n.values())))
+for k, v in sorted(t.items(), key=lambda x: -x[1])[:40]:
+    print("%9.3f ms %5.1f%% %5d  %s" % (v / 1e6, 100 * v / tot, n[k], k))
+' "$tmp/profile.out" >"$tmp/profile.sum" 2>&1
+    { echo; echo "== summary"; cat "$tmp/profile.sum"; } >>"$out/profile.txt"
+    note profile "$(verdict $rc)" "$secs" "$(head -n 1 "$tmp/profile.sum" | cut -c1-80)"
+else
+    note profile "not run" 0 "ncu not found"
+fi
 
 ratio() { # ours theirs -> "1.23x" or n/a
     if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'
