@@ -129,6 +129,31 @@ static unsigned blocks_for(size_t count)
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)(count); \
          i += gridDim.x * blockDim.x)
 
+/*
+ * Pack<E, V>: V consecutive elements of type E, read and written as one
+ * access (16 bytes for V = 16 / sizeof(E)). The elementwise kernels over
+ * (rows, c) tensors take a Pack type: each thread handles V elements of
+ * one row (LAUNCH_PACKED passes V > 1 only where c is a multiple of V and
+ * every pointer is 16-byte aligned), and Pack<E, 1> is the plain loop.
+ */
+template <typename E, int N> struct alignas(sizeof(E) * N) Pack {
+    typedef E T;
+    enum { V = N };
+    E v[N];
+};
+
+template <typename P>
+__device__ __forceinline__ P load_pack(const typename P::T *p, unsigned i)
+{
+    return *reinterpret_cast<const P *>(p + i);
+}
+
+template <typename P>
+__device__ __forceinline__ void store_pack(typename P::T *p, unsigned i, const P &x)
+{
+    *reinterpret_cast<P *>(p + i) = x;
+}
+
 /* ---- elementwise kernels ---- */
 
 /*
@@ -157,12 +182,19 @@ __global__ void nchw_to_nhwc_kernel(T *out, const float *in, int n, int c, int h
 }
 
 /* out = max(in, 0) */
-template <typename T>
-__global__ void relu_kernel(T *out, const T *in, size_t count)
+template <typename P>
+__global__ void relu_kernel(typename P::T *out, const typename P::T *in, size_t count)
 {
-    FOR_EACH(i, count) {
-        float v = to_f(in[i]);
-        out[i] = from_f<T>(v > 0.0f ? v : 0.0f);
+    typedef typename P::T T;
+    FOR_EACH(t, count / P::V) {
+        const unsigned i = t * P::V;
+        P x = load_pack<P>(in, i), y;
+#pragma unroll
+        for (int k = 0; k < P::V; k++) {
+            float v = to_f(x.v[k]);
+            y.v[k] = from_f<T>(v > 0.0f ? v : 0.0f);
+        }
+        store_pack(out, i, y);
     }
 }
 
@@ -177,13 +209,21 @@ __device__ __forceinline__ float bn_at(const BnAffine &a, float x, int ch)
 }
 
 /* y (rows, c) = bn(x), then ReLU if relu */
-template <typename T>
-__global__ void bn_apply_kernel(T *y, const T *x, BnAffine a, size_t rows, int c, int relu)
+template <typename P>
+__global__ void bn_apply_kernel(typename P::T *y, const typename P::T *x, BnAffine a, size_t rows,
+                                int c, int relu)
 {
-    FOR_EACH(i, rows * c) {
-        int ch = (int)(i % c);
-        float v = bn_at(a, to_f(x[i]), ch);
-        y[i] = from_f<T>(relu && !(v > 0.0f) ? 0.0f : v);
+    typedef typename P::T T;
+    FOR_EACH(t, rows * c / P::V) {
+        const unsigned i = t * P::V;
+        const int ch = (int)(i % c);
+        P in = load_pack<P>(x, i), out;
+#pragma unroll
+        for (int k = 0; k < P::V; k++) {
+            float v = bn_at(a, to_f(in.v[k]), ch + k);
+            out.v[k] = from_f<T>(relu && !(v > 0.0f) ? 0.0f : v);
+        }
+        store_pack(y, i, out);
     }
 }
 
@@ -192,25 +232,38 @@ __global__ void bn_apply_kernel(T *y, const T *x, BnAffine a, size_t rows, int c
  *   out = shortcut + alpha[img] * bn0(b0) + (1 - alpha[img]) * bn1(b1)
  * with bn_k as BnAffine a0, a1; shortcut = sc_in, or bn_sc(sc_in) for a
  * projection (sc.center not NULL); ReLU after the add
- * when relu (resnext). All (n, hw, c).
+ * when relu (resnext). All (n, hw, c). With out_relu (resnet), also
+ * max(out, 0) there: the next block's branch input.
  */
-template <typename T>
-__global__ void shake_combine_kernel(T *out, const T *b0, const T *b1, BnAffine a0, BnAffine a1,
-                                     const T *sc_in, BnAffine sc, const float *alpha, int n, int hw,
-                                     int c, int relu)
+template <typename P>
+__global__ void shake_combine_kernel(typename P::T *out, typename P::T *out_relu,
+                                     const typename P::T *b0, const typename P::T *b1,
+                                     BnAffine a0, BnAffine a1, const typename P::T *sc_in,
+                                     BnAffine sc, const float *alpha, int n, int hw, int c,
+                                     int relu)
 {
+    typedef typename P::T T;
     const size_t count = (size_t)n * hw * c;
-    FOR_EACH(i, count) {
-        int ch = (int)(i % c);
-        int img = (int)(i / (unsigned)(hw * c));
-        float a = alpha[img];
-        float v0 = bn_at(a0, to_f(b0[i]), ch);
-        float v1 = bn_at(a1, to_f(b1[i]), ch);
-        float s = to_f(sc_in[i]);
-        if (sc.center)
-            s = bn_at(sc, s, ch);
-        float v = s + (a * v0 + (1.0f - a) * v1);
-        out[i] = from_f<T>(relu && !(v > 0.0f) ? 0.0f : v);
+    FOR_EACH(t, count / P::V) {
+        const unsigned i = t * P::V;
+        const int ch = (int)(i % c);
+        const float a = alpha[i / (unsigned)(hw * c)];
+        P x0 = load_pack<P>(b0, i), x1 = load_pack<P>(b1, i), xs = load_pack<P>(sc_in, i);
+        P y, yr;
+#pragma unroll
+        for (int k = 0; k < P::V; k++) {
+            float v0 = bn_at(a0, to_f(x0.v[k]), ch + k);
+            float v1 = bn_at(a1, to_f(x1.v[k]), ch + k);
+            float s = to_f(xs.v[k]);
+            if (sc.center)
+                s = bn_at(sc, s, ch + k);
+            float v = s + (a * v0 + (1.0f - a) * v1);
+            y.v[k] = from_f<T>(relu && !(v > 0.0f) ? 0.0f : v);
+            yr.v[k] = from_f<T>(v > 0.0f ? v : 0.0f);
+        }
+        store_pack(out, i, y);
+        if (out_relu)
+            store_pack(out_relu, i, yr);
     }
 }
 
@@ -295,14 +348,25 @@ __global__ void split_kernel(T *da, T *db, const T *dcat, size_t rows, int ca, i
 }
 
 /* resnet block input gradient: dx = (x > 0 ? dr : 0) + (g ? g : 0) */
-template <typename T>
-__global__ void relu_backward_add_kernel(T *dx, const T *dr, const T *x, const T *g, size_t count)
+template <typename P>
+__global__ void relu_backward_add_kernel(typename P::T *dx, const typename P::T *dr,
+                                         const typename P::T *x, const typename P::T *g,
+                                         size_t count)
 {
-    FOR_EACH(i, count) {
-        float v = to_f(x[i]) > 0.0f ? to_f(dr[i]) : 0.0f;
+    typedef typename P::T T;
+    FOR_EACH(t, count / P::V) {
+        const unsigned i = t * P::V;
+        P xs = load_pack<P>(x, i), ds = load_pack<P>(dr, i), gs, y;
         if (g)
-            v += to_f(g[i]);
-        dx[i] = from_f<T>(v);
+            gs = load_pack<P>(g, i);
+#pragma unroll
+        for (int k = 0; k < P::V; k++) {
+            float v = to_f(xs.v[k]) > 0.0f ? to_f(ds.v[k]) : 0.0f;
+            if (g)
+                v += to_f(gs.v[k]);
+            y.v[k] = from_f<T>(v);
+        }
+        store_pack(dx, i, y);
     }
 }
 
@@ -691,23 +755,44 @@ __global__ void bn_grad_final_kernel(float *k1, float *k2, float *k3, float *dga
     }
 }
 
-template <typename T>
-__global__ void bn_grad_apply_kernel(T *dx, DySource<T> src, const T *x, const float *mean,
-                                     const float *k1, const float *k2, const float *k3,
-                                     size_t rows, int c)
+template <typename P>
+__global__ void bn_grad_apply_kernel(typename P::T *dx, DySource<typename P::T> src,
+                                     const typename P::T *x, const float *mean, const float *k1,
+                                     const float *k2, const float *k3, size_t rows, int c)
 {
-    FOR_EACH(i, rows * c) {
-        int ch = (int)(i % c);
-        unsigned row = i / c;
-        float g = dy_at(src, row, i);
-        dx[i] = from_f<T>(k1[ch] * g + k2[ch] * (to_f(x[i]) - mean[ch]) + k3[ch]);
+    typedef typename P::T T;
+    FOR_EACH(t, rows * c / P::V) {
+        const unsigned i = t * P::V;
+        const int ch = (int)(i % c);
+        const unsigned row = i / c;
+        /* dy_at's, a pack at a time */
+        P d = load_pack<P>(src.d, i), mk, xs = load_pack<P>(x, i), y;
+        if (src.m)
+            mk = load_pack<P>(src.m, i);
+        float f = 1.0f;
+        if (src.coef) {
+            float kc = src.coef[row / (unsigned)src.hw];
+            f = src.one_minus ? 1.0f - kc : kc;
+        }
+#pragma unroll
+        for (int k = 0; k < P::V; k++) {
+            float g = to_f(d.v[k]);
+            if (src.m && !(to_f(mk.v[k]) > 0.0f))
+                g = 0.0f;
+            if (src.coef)
+                g *= f;
+            const int cc = ch + k;
+            y.v[k] = from_f<T>(k1[cc] * g + k2[cc] * (to_f(xs.v[k]) - mean[cc]) + k3[cc]);
+        }
+        store_pack(dx, i, y);
     }
 }
 
 /* ---- the backend ---- */
 
-/* cuDNN algorithm candidates for one direction of one convolution */
-enum { MAX_ALGOS = 8 };
+/* cuDNN algorithm candidates for one direction of one convolution; the
+ * batch sizes a convolution keeps them for */
+enum { MAX_ALGOS = 8, PLANS = 4 };
 typedef struct {
     int algo[MAX_ALGOS];
     cudnnMathType_t math[MAX_ALGOS];
@@ -723,6 +808,14 @@ typedef struct {
     AlgoList fwd, bwd_data, bwd_filter;
     int n;                      /* batch the descriptors and algorithms are for; 0: none */
     size_t slot;                /* element offset of its weights in Wc and Gc */
+    /* the algorithms of the last few batch sizes: training's full and last
+     * batches and evaluation's alternate every epoch, and cuDNN's
+     * heuristics take long enough to show in an epoch's time */
+    struct {
+        int n;
+        AlgoList fwd, bwd_data, bwd_filter;
+    } plans[PLANS];
+    int plan_next;              /* the slot the next new batch size takes */
 } Conv;
 
 static size_t conv_weights(const ConvDesc *d)
@@ -806,6 +899,9 @@ struct Backend {
     long graph_launches;
     cudaGraphExec_t graph;
     TrainStep graph_key;        /* the constants the graph was captured with */
+    /* evaluation's forward of a full batch on xin, captured once warm */
+    cudaGraphExec_t eval_graph;
+    int eval_warm;
     int train_n;
     char what[160];             /* the configuration, for out-of-memory messages */
 };
@@ -1030,8 +1126,12 @@ static void graph_drop(Backend *be)
 {
     if (be->graph)
         cudaGraphExecDestroy(be->graph);
+    if (be->eval_graph)
+        cudaGraphExecDestroy(be->eval_graph);
     be->graph = NULL;
+    be->eval_graph = NULL;
     be->warm = 0;
+    be->eval_warm = 0;
 }
 
 static int grow_workspace(Backend *be, size_t need, Err *e)
@@ -1054,10 +1154,30 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     if (cv->n == n)
         return 0;
     const ConvDesc *d = cv->d;
+    /* the current batch's candidates back to its slot (a candidate found
+     * unsupported stays skipped), then this batch's from its slot if any */
+    int from = -1;
+    for (int i = 0; i < PLANS; i++) {
+        if (cv->n && cv->plans[i].n == cv->n) {
+            cv->plans[i].fwd = cv->fwd;
+            cv->plans[i].bwd_data = cv->bwd_data;
+            cv->plans[i].bwd_filter = cv->bwd_filter;
+        }
+        if (cv->plans[i].n == n)
+            from = i;
+    }
     cv->n = 0;
     CKDNN(cudnnSetTensor4dDescriptor(cv->x, CUDNN_TENSOR_NHWC, be->dtype, n, d->cin, d->ih, d->iw));
     CKDNN(cudnnSetTensor4dDescriptor(cv->y, CUDNN_TENSOR_NHWC, be->dtype, n, d->cout, d->oh,
                                      d->ow));
+    if (from >= 0) {
+        /* the workspace only grows: it still holds what these need */
+        cv->fwd = cv->plans[from].fwd;
+        cv->bwd_data = cv->plans[from].bwd_data;
+        cv->bwd_filter = cv->plans[from].bwd_filter;
+        cv->n = n;
+        return 0;
+    }
     /* the heuristics see the descriptor's math type: before each query, the
      * widest the precision allows (FILL_ALGOS leaves a candidate's) */
 #define WIDEST_MATH()                                                                 \
@@ -1097,6 +1217,12 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
 #undef WIDEST_MATH
     TRY(grow_workspace(be, need, e));
     cv->n = n;
+    const int slot = cv->plan_next;
+    cv->plan_next = (slot + 1) % PLANS;
+    cv->plans[slot].n = n;
+    cv->plans[slot].fwd = cv->fwd;
+    cv->plans[slot].bwd_data = cv->bwd_data;
+    cv->plans[slot].bwd_filter = cv->bwd_filter;
     if (be->verbose)
         fprintf(stderr, "cuda: %dx%d conv %d -> %d (stride %d, groups %d, %dx%d) at batch %d, "
                         "%s: forward algo %d math %d, backward data %d math %d, backward filter "
@@ -1197,6 +1323,48 @@ static int conv_backward_filter(Backend *be, const void *x, const void *dy, Conv
 #define LAUNCH(kernel, count, ...) \
     LAUNCH_ON(kernel, blocks_for(count), THREADS, __VA_ARGS__)
 
+/* Whether an elementwise kernel over (rows, c) may take V = 16 / esize
+ * elements a thread: c a multiple of V and every pointer (NULL aside)
+ * 16-byte aligned. */
+static int packable(const Backend *be, int c, const void *p0, const void *p1 = NULL,
+                    const void *p2 = NULL, const void *p3 = NULL, const void *p4 = NULL)
+{
+    const size_t v = 16 / be->esize;
+    const void *ps[] = {p0, p1, p2, p3, p4};
+    if (c % v != 0)
+        return 0;
+    for (const void *p : ps)
+        if ((uintptr_t)p % 16 != 0)
+            return 0;
+    return 1;
+}
+
+/* kernel<P> with P = Pack<T, V>, T the element type in scope: V = 16 /
+ * sizeof(T) elements a thread where pack (packable) says so, else one;
+ * count elements in all. LAUNCH_PACKED: T the precision's element type,
+ * which the argument list may name. */
+#define LAUNCH_PACKS(kernel, count, pack, ...)                                       \
+    do {                                                                             \
+        if (pack) {                                                                  \
+            typedef Pack<T, 16 / sizeof(T)> P;                                       \
+            KERNEL(kernel<P>, blocks_for((count) / P::V), THREADS, be->stream)(__VA_ARGS__); \
+        } else {                                                                     \
+            typedef Pack<T, 1> P;                                                    \
+            KERNEL(kernel<P>, blocks_for(count), THREADS, be->stream)(__VA_ARGS__);  \
+        }                                                                            \
+        CKLAUNCH();                                                                  \
+    } while (0)
+#define LAUNCH_PACKED(kernel, count, pack, ...)                   \
+    do {                                                          \
+        if (be->use_bf16) {                                       \
+            typedef bf16 T;                                       \
+            LAUNCH_PACKS(kernel, count, pack, __VA_ARGS__);       \
+        } else {                                                  \
+            typedef float T;                                      \
+            LAUNCH_PACKS(kernel, count, pack, __VA_ARGS__);       \
+        }                                                         \
+    } while (0)
+
 template <typename T> static T *tp(void *p) { return (T *)p; }
 template <typename T> static const T *tp(const void *p) { return (const T *)p; }
 
@@ -1262,7 +1430,8 @@ static int bn_apply(Backend *be, void *y, const void *x, const Bn *bn, size_t ro
                     Err *e)
 {
     const int c = bn->d->c;
-    LAUNCH(bn_apply_kernel, rows * c, tp<T>(y), tp<T>(x), affine(be, bn), rows, c, relu);
+    LAUNCH_PACKED(bn_apply_kernel, rows * c, packable(be, c, y, x), tp<T>(y), tp<T>(x),
+                  affine(be, bn), rows, c, relu);
     return 0;
 }
 
@@ -1288,9 +1457,8 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
         be->k1, be->k2, be->k3, be->G + bd->gamma, be->G + bd->beta, be->part, (int)chunks, c,
         (double)rows, bn->rstd, be->P + bd->gamma);
     CKLAUNCH();
-    KERNEL(bn_grad_apply_kernel<T>, blocks_for(rows * c), THREADS, be->stream)(
-        (T *)dx, src, (const T *)x, bn->mean, be->k1, be->k2, be->k3, rows, c);
-    CKLAUNCH();
+    LAUNCH_PACKS(bn_grad_apply_kernel, rows * c, packable(be, c, dx, d, m, x), (T *)dx, src,
+                 (const T *)x, bn->mean, be->k1, be->k2, be->k3, rows, c);
     return 0;
 }
 
@@ -1317,6 +1485,8 @@ static void cuda_destroy(Backend *be)
                     be->Gc, be->bn_arena, be->part,     be->k1,     be->ws,
                     be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
                     be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws};
+    if (be->eval_graph)
+        cudaGraphExecDestroy(be->eval_graph);
     if (be->graph)
         cudaGraphExecDestroy(be->graph);
     if (be->vars_ring) {
@@ -1641,10 +1811,13 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
     const size_t in_count = (size_t)n * B->cin * B->ih * B->iw;
     const int last = B->nconv - 1;
 
-    /* resnet blocks are pre-activation: branches and projection see relu(x) */
+    /* resnet blocks are pre-activation: branches and projection see
+     * relu(x), which the previous block's combination wrote with x */
     const void *bin = x;
     if (resnet) {
-        LAUNCH(relu_kernel, in_count, tp<T>(K->r), tp<T>(x), in_count);
+        if (b == 0)
+            LAUNCH_PACKED(relu_kernel, in_count, packable(be, B->cin, K->r, x), tp<T>(K->r),
+                          tp<T>(x), in_count);
         bin = K->r;
     }
     for (int k = 0; k < 2; k++) {
@@ -1678,14 +1851,27 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
     }
     const Bn *b0 = &K->bn[0][last], *b1 = &K->bn[1][last];
     const BnAffine no_bn = {NULL, NULL, NULL};
-    LAUNCH(shake_combine_kernel, orows * B->cout, tp<T>(K->out), tp<T>(K->c[0][last]),
-           tp<T>(K->c[1][last]), affine(be, b0), affine(be, b1),
-           tp<T>(B->proj ? (const void *)K->cat : x), B->proj ? affine(be, &K->sc_bn) : no_bn,
-           coef, n, B->oh * B->ow, B->cout, !resnet);
+    void *out_relu = resnet && b + 1 < m->nblocks ? be->blk[b + 1].r : NULL;
+    const void *sc_in = B->proj ? (const void *)K->cat : x;
+    LAUNCH_PACKED(shake_combine_kernel, orows * B->cout,
+                  packable(be, B->cout, K->out, out_relu, K->c[0][last], K->c[1][last], sc_in),
+                  tp<T>(K->out), tp<T>(out_relu), tp<T>(K->c[0][last]), tp<T>(K->c[1][last]),
+                  affine(be, b0), affine(be, b1), tp<T>(sc_in),
+                  B->proj ? affine(be, &K->sc_bn) : no_bn, coef, n, B->oh * B->ow, B->cout,
+                  !resnet);
     return 0;
 }
 
 static int forward_enqueue(Backend *be, int n, int train, Err *e);
+typedef int (*Enqueue)(Backend *be, const void *arg, int n, Err *e);
+static int capture(Backend *be, cudaGraphExec_t *exec, int n, Enqueue enqueue, const void *arg,
+                   Err *e);
+
+static int eval_enqueue(Backend *be, const void *arg, int n, Err *e)
+{
+    (void)arg;
+    return forward_enqueue(be, n, 0, e);
+}
 
 static int cuda_forward(Backend *be, float *logits, const float *x, const float *alpha, int n,
                         int train, Err *e)
@@ -1712,7 +1898,21 @@ static int cuda_forward(Backend *be, float *logits, const float *x, const float 
         LAUNCH(nchw_to_nhwc_kernel, xc, tp<T>(be->xin), be->x_stage, n, s->in_c, hw_in);
     }
     be->batch_n = 0;            /* a batch is used once */
-    TRY(forward_enqueue(be, n, train, e));
+    if (!train && n == be->max_batch && be->use_graphs) {
+        /* evaluation's full batches: one graph launch, once warm (as for
+         * training, lazy loading and cuDNN's first calls happen outside) */
+        if (!be->eval_graph && be->eval_warm >= 1)
+            TRY(capture(be, &be->eval_graph, n, eval_enqueue, NULL, e));
+        if (be->eval_graph) {
+            CK(cudaGraphLaunch(be->eval_graph, be->stream));
+            be->graph_launches++;
+        } else {
+            be->eval_warm++;
+            TRY(forward_enqueue(be, n, 0, e));
+        }
+    } else {
+        TRY(forward_enqueue(be, n, train, e));
+    }
     CK(cudaMemcpyAsync(logits, be->logits, (size_t)n * s->classes * sizeof(float),
                        cudaMemcpyDeviceToHost, be->stream));
     CK(cudaStreamSynchronize(be->stream));
@@ -1812,8 +2012,9 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
         }
         /* after every consumer of relu(x) has added its share; the identity
          * shortcut passes g straight through */
-        LAUNCH(relu_backward_add_kernel, in_count, tp<T>(dx), tp<T>((const void *)be->dr),
-               tp<T>(x), tp<T>(B->proj ? NULL : g), in_count);
+        const void *gi = B->proj ? NULL : g;
+        LAUNCH_PACKED(relu_backward_add_kernel, in_count, packable(be, B->cin, dx, be->dr, x, gi),
+                      tp<T>(dx), tp<T>((const void *)be->dr), tp<T>(x), tp<T>(gi), in_count);
     } else if (B->proj) {
         TRY(bn_backward(be, be->dc, g, mask, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
         TRY(conv_backward_filter(be, x, be->dc, &K->sc[0], n, e));
@@ -2023,40 +2224,47 @@ static int same_constants(const TrainStep *a, const TrainStep *b)
 }
 
 /*
- * Captures step_enqueue as a CUDA graph. A capture that fails (a call that
- * cannot be captured) leaves the steps to run eagerly, with a warning: the
- * results are the same, only slower.
+ * Captures what enqueue(be, arg, n) queues as a CUDA graph into *exec. A
+ * capture that fails (a call that cannot be captured) leaves the work to
+ * run eagerly, with a warning: the results are the same, only slower
+ * (SHAKE_CUDA_GRAPHS=require makes it an error).
  */
-static int capture_step(Backend *be, const TrainStep *ts, Err *e)
+static int capture(Backend *be, cudaGraphExec_t *exec, int n, Enqueue enqueue, const void *arg,
+                   Err *e)
 {
     /* descriptors, algorithms and workspace for this batch before capture:
      * nothing may allocate or synchronize inside it */
     for (int i = 0; i < be->nconvs; i++)
-        TRY(conv_prepare(be, be->convs[i], ts->count, e));
+        TRY(conv_prepare(be, be->convs[i], n, e));
     CK(cudaStreamSynchronize(be->stream));
     CK(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal));
     Err ce = {{0}};
-    int rc = step_enqueue(be, ts, &ce);
+    int rc = enqueue(be, arg, n, &ce);
     cudaGraph_t g = NULL;
     cudaError_t st = cudaStreamEndCapture(be->stream, &g);
     if (rc == 0 && st == cudaSuccess)
-        st = cudaGraphInstantiate(&be->graph, g, 0);
+        st = cudaGraphInstantiate(exec, g, 0);
     if (g)
         cudaGraphDestroy(g);
     if (rc != 0 || st != cudaSuccess) {
         cudaGetLastError();
-        be->graph = NULL;
+        *exec = NULL;
+        const char *why = rc ? ce.msg : cudaGetErrorString(st);
         if (be->require_graphs)
-            return err_set(e, "cuda backend: capturing the training step as a CUDA graph "
-                              "failed: %s", rc ? ce.msg : cudaGetErrorString(st));
+            return err_set(e, "cuda backend: capturing %s as a CUDA graph failed: %s",
+                           enqueue == eval_enqueue ? "evaluation" : "the training step", why);
         be->use_graphs = 0;
-        fprintf(stderr, "cuda backend: capturing the training step as a CUDA graph failed (%s); "
-                        "steps run without graphs\n",
-                rc ? ce.msg : cudaGetErrorString(st));
-        return 0;
+        fprintf(stderr, "cuda backend: capturing %s as a CUDA graph failed (%s); running "
+                        "without graphs\n",
+                enqueue == eval_enqueue ? "evaluation" : "the training step", why);
     }
-    be->graph_key = *ts;
     return 0;
+}
+
+static int step_enqueue_arg(Backend *be, const void *arg, int n, Err *e)
+{
+    (void)n;
+    return step_enqueue(be, (const TrainStep *)arg, e);
 }
 
 static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
@@ -2113,8 +2321,11 @@ static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
     if (be->use_graphs && ts->count == be->max_batch) {
         if (be->graph && !same_constants(ts, &be->graph_key))
             graph_drop(be);
-        if (!be->graph && be->warm >= 2)
-            TRY(capture_step(be, ts, e));
+        if (!be->graph && be->warm >= 2) {
+            TRY(capture(be, &be->graph, ts->count, step_enqueue_arg, ts, e));
+            if (be->graph)
+                be->graph_key = *ts;
+        }
         if (be->graph) {
             CK(cudaGraphLaunch(be->graph, be->stream));
             be->graph_launches++;

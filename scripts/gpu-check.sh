@@ -231,6 +231,9 @@ theirs 32 fp32
 ours 96 fp32
 theirs 96 fp32
 ours 32 bf16
+# the paper's ResNeXt 29 2x4x64d (grouped convolutions at full size): steps only
+bench ours-rx29-bf16 "$bin/bench_train" backend=cuda arch=resnext depth=29 width=64 groups=4 \
+    batch=128 precision=bf16 steps=20 warmup=5
 
 # ---- memcheck ----
 san=$(command -v compute-sanitizer ||
@@ -277,7 +280,7 @@ ncu_bin=$(command -v ncu || find /usr/local/cuda*/bin /opt -name ncu -type f 2>/
 if [ -n "$ncu_bin" ]; then
     : >"$out/profile.txt"
     run_step profile "$out/profile.txt" 90 "$ncu_bin" --clock-control none \
-        --metrics gpu__time_duration.sum --csv --print-units base --launch-count 3000 \
+        --cache-control none --metrics gpu__time_duration.sum --csv --print-units base --launch-count 3000 \
         "$bin/bench_train" backend=cuda depth=26 width=32 batch=128 precision=bf16 steps=1 \
         warmup=1
     # shellcheck disable=SC2016

@@ -621,11 +621,15 @@ enum { DS_N = 40, DS_B = 16, DS_EPOCHS = 3, DS_STEPS = 9 };
 /* enough to move the weights by a few percent in nine steps */
 #define DS_LR 0.1
 
+/* evaluation after each epoch: two full batches and a partial one */
+enum { DS_EVALS = 3, DS_EVAL_PARTIAL = 5 };
+
 typedef struct {
     float *params, *state, *mom;
+    float *eval;                /* (DS_EPOCHS, DS_EVALS, DS_B, 10) logits */
     double loss;
     int64_t wrong;
-    long graph_launches;
+    long graph_launches, eval_launches;
 } StepRun;
 
 static void step_run_alloc(StepRun *r, const Model *m)
@@ -633,9 +637,11 @@ static void step_run_alloc(StepRun *r, const Model *m)
     r->params = malloc(m->nparams * 4);
     r->state = malloc(m->nstate * 4);
     r->mom = malloc(m->nparams * 4);
+    r->eval = calloc((size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, 4);
     r->loss = 0;
     r->wrong = 0;
     r->graph_launches = 0;
+    r->eval_launches = 0;
 }
 
 static void step_run_free(StepRun *r)
@@ -643,6 +649,7 @@ static void step_run_free(StepRun *r)
     free(r->params);
     free(r->state);
     free(r->mom);
+    free(r->eval);
 }
 
 static void run_device_steps(const Model *m, const Dataset *d, const float *p0, const float *s0,
@@ -653,7 +660,8 @@ static void run_device_steps(const Model *m, const Dataset *d, const float *p0, 
     Backend *be = compare_create(cuda, m, &o, DS_B);
     unsetenv("SHAKE_CUDA_GRAPHS");
     COMPARE_OK(cuda->load(be, p0, s0, NULL, ep));
-    COMPARE_OK(cuda->set_data(be, d, NULL, ep));
+    /* the training images double as the evaluation set */
+    COMPARE_OK(cuda->set_data(be, d, d, ep));
     int order[DS_N];
     int64_t step = 0;
     for (int epoch = 0; epoch < DS_EPOCHS; epoch++) {
@@ -672,8 +680,22 @@ static void run_device_steps(const Model *m, const Dataset *d, const float *p0, 
         assert_int_equal(bad, -1);
         r->loss += sum;
         r->wrong += wrong;
+        /* evaluation as train.c runs it: batch() then forward(x = NULL);
+         * with graphs the second full batch of the first epoch is
+         * captured, and later ones replayed on the updated weights */
+        const long before = backend_cuda_graph_launches(be);
+        for (int k = 0; k < DS_EVALS; k++) {
+            const int count = k < DS_EVALS - 1 ? DS_B : DS_EVAL_PARTIAL;
+            int idx[DS_B];
+            for (int j = 0; j < count; j++)
+                idx[j] = (7 * j + 3 + 11 * k + epoch) % d->n;
+            COMPARE_OK(cuda->batch(be, 1, idx, count, 0, 0, 0, ep));
+            COMPARE_OK(cuda->forward(be, r->eval + ((size_t)epoch * DS_EVALS + k) * DS_B * 10,
+                                     NULL, NULL, count, 0, ep));
+        }
+        r->eval_launches += backend_cuda_graph_launches(be) - before;
     }
-    r->graph_launches = backend_cuda_graph_launches(be);
+    r->graph_launches = backend_cuda_graph_launches(be) - r->eval_launches;
     COMPARE_OK(cuda->store(be, r->params, r->state, r->mom, NULL, ep));
     cuda->destroy(be);
 }
@@ -754,6 +776,11 @@ static void device_step_case(Precision prec)
     if (g.graph_launches < 3)
         fail_msg("%s: %ld steps ran as a CUDA graph, expected 4", what, g.graph_launches);
     assert_int_equal(q.graph_launches, 0);
+    /* evaluation: 6 full batches, the first eager, the second captured */
+    if (g.eval_launches != 5)
+        fail_msg("%s: %ld evaluation batches ran as a CUDA graph, expected 5", what,
+                 g.eval_launches);
+    assert_int_equal(q.eval_launches, 0);
     /* Graph and eager replay the same kernels on the same inputs: the
      * weights agree to the last bit where cuDNN's algorithms are
      * deterministic (they are picked first) and to float rounding where
@@ -763,6 +790,8 @@ static void device_step_case(Precision prec)
     compare_check("running statistics, graph against eager", what, g.state, q.state, m.nstate,
                   1e-6);
     compare_check("momentum, graph against eager", what, g.mom, q.mom, m.nparams, 1e-6);
+    compare_check("evaluation logits, graph against eager", what, g.eval, q.eval,
+                  (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, 1e-6);
     assert_int_equal(g.wrong, q.wrong);
 
     run_host_steps(&m, &tr, p0, s0, prec, &h);
