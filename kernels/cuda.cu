@@ -483,15 +483,25 @@ __global__ void sgd_kernel(float *p, float *mom, const float *g, size_t count, f
     }
 }
 
-/* conv weights into their compute slots (T), and filter gradients out */
-template <typename T> __global__ void from_float_kernel(T *out, const float *in, size_t count)
-{
-    FOR_EACH(i, count) out[i] = from_f<T>(in[i]);
-}
+/* Where each conv's weights are: element offsets in the compute-type
+ * slots (Wc, Gc) and in the float arenas (P, G), and how many. */
+struct ConvSeg {
+    unsigned slot, w, count;
+};
 
-template <typename T> __global__ void to_float_kernel(float *out, const T *in, size_t count)
+/* every conv's weights into its slot (to_slots) or its filter gradient
+ * out of it: one launch, grid (x, convs), blockIdx.y the conv */
+template <typename T>
+__global__ void slots_kernel(T *slots, float *arena, const ConvSeg *segs, int to_slots)
 {
-    FOR_EACH(i, count) out[i] = to_f(in[i]);
+    const ConvSeg sg = segs[blockIdx.y];
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < sg.count;
+         i += gridDim.x * blockDim.x) {
+        if (to_slots)
+            slots[sg.slot + i] = from_f<T>(arena[sg.w + i]);
+        else
+            arena[sg.w + i] = to_f(slots[sg.slot + i]);
+    }
 }
 
 __global__ void fill_kernel(float *x, float v, size_t count)
@@ -664,6 +674,110 @@ __global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x
         part[(size_t)blockIdx.y * 2 * c + ch] = a;
         part[(size_t)blockIdx.y * 2 * c + c + ch] = b;
     }
+}
+
+/*
+ * The same partial sums, V = P::V channels a thread (16-byte loads), for
+ * c a multiple of V with c / V <= 256 channel packs:
+ * grid (chunks), block (G * R) with G = c / V packs of a row side by
+ * side and R rows at a time. Thread (g, r) sums rows r, r + R, ... of
+ * its chunk in double; then thread (g, 0) adds the R sums of its pack in
+ * row order: a fixed order, so the result repeats exactly. GRAD: the
+ * backward sums (dy from src, x centered on mean), else the forward ones.
+ */
+enum { BN_PACK_THREADS = 256, BN_PACK_ROWS = 32 };
+
+template <typename P, int GRAD>
+__device__ __forceinline__ void bn_packed_sums(double *part, const typename P::T *x,
+                                               DySource<typename P::T> src, const float *mean,
+                                               size_t rows, int c, int chunks)
+{
+    typedef typename P::T T;
+    enum { V = P::V };
+    __shared__ double sh[BN_PACK_THREADS * 2 * V];
+    const int G = c / V, R = blockDim.x / G;
+    const int t = threadIdx.x, g = t % G, r0 = t / G;
+    const size_t per = (rows + chunks - 1) / chunks;
+    const size_t b0 = blockIdx.x * per, b1 = b0 + per < rows ? b0 + per : rows;
+    double a[V], b[V];
+    float mu[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        a[k] = b[k] = 0.0;
+        mu[k] = GRAD ? mean[g * V + k] : 0.0f;
+    }
+    for (size_t r = b0 + r0; r < b1; r += R) {
+        const unsigned i = (unsigned)r * c + g * V;
+        const P xv = load_pack<P>(x, i);
+        if (!GRAD) {
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                double v = to_f(xv.v[k]);
+                a[k] += v;
+                b[k] += v * v;
+            }
+        } else {
+            /* dy_at's, a pack at a time */
+            const P d = load_pack<P>(src.d, i);
+            P mk;
+            if (src.m)
+                mk = load_pack<P>(src.m, i);
+            float f = 1.0f;
+            if (src.coef) {
+                float kc = src.coef[(unsigned)r / (unsigned)src.hw];
+                f = src.one_minus ? 1.0f - kc : kc;
+            }
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                float gv = to_f(d.v[k]);
+                if (src.m && !(to_f(mk.v[k]) > 0.0f))
+                    gv = 0.0f;
+                if (src.coef)
+                    gv *= f;
+                double gd = gv;
+                a[k] += gd;
+                b[k] += gd * (double)(to_f(xv.v[k]) - mu[k]);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        sh[t * 2 * V + k] = a[k];
+        sh[t * 2 * V + V + k] = b[k];
+    }
+    __syncthreads();
+    if (r0 != 0)
+        return;
+    /* thread (g, 0) adds rows 1..R-1's sums of its pack to its own */
+    for (int rr = 1; rr < R; rr++) {
+        const double *o = sh + (rr * G + g) * 2 * V;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            a[k] += o[k];
+            b[k] += o[V + k];
+        }
+    }
+    double *out = part + (size_t)blockIdx.x * 2 * c + g * V;
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        out[k] = a[k];
+        out[c + k] = b[k];
+    }
+}
+
+template <typename P>
+__global__ void bn_stats_packed_kernel(double *part, const typename P::T *x, size_t rows, int c,
+                                       int chunks)
+{
+    bn_packed_sums<P, 0>(part, x, DySource<typename P::T>{}, NULL, rows, c, chunks);
+}
+
+template <typename P>
+__global__ void bn_grad_packed_kernel(double *part, DySource<typename P::T> src,
+                                      const typename P::T *x, const float *mean, size_t rows,
+                                      int c, int chunks)
+{
+    bn_packed_sums<P, 1>(part, x, src, mean, rows, c, chunks);
 }
 
 /*
@@ -857,6 +971,8 @@ struct Backend {
      * in the compute type, in 256-byte aligned slots (the float arenas'
      * offsets are only 4-byte aligned) */
     void *Wc, *Gc;
+    ConvSeg *segs;              /* (nconvs) where each conv's weights are */
+    size_t seg_max;             /* the most weights of one conv */
     float *bn_arena;
     double *part;               /* batch-norm partial sums */
     float *k1, *k2, *k3;        /* batch-norm backward coefficients (max channels) */
@@ -1371,12 +1487,8 @@ template <typename T> static const T *tp(const void *p) { return (const T *)p; }
 /* Wc from the float32 parameters (after load and every update) */
 static int weights_refresh(Backend *be, Err *e)
 {
-    for (int i = 0; i < be->nconvs; i++) {
-        const Conv *cv = be->convs[i];
-        const size_t count = conv_weights(cv->d);
-        LAUNCH(from_float_kernel, count, tp<T>((char *)be->Wc + cv->slot * be->esize),
-               be->P + cv->d->w, count);
-    }
+    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nconvs);
+    LAUNCH_ON(slots_kernel, grid, THREADS, tp<T>(be->Wc), be->P, be->segs, 1);
     return 0;
 }
 
@@ -1387,6 +1499,30 @@ static unsigned bn_chunks(size_t rows, int c)
     int cblocks = (c + BN_TX - 1) / BN_TX;
     if (ch * cblocks > 2048)
         ch = 2048 / cblocks;
+    if (ch < 1)
+        ch = 1;
+    if (ch > BN_MAX_CHUNKS)
+        ch = BN_MAX_CHUNKS;
+    return (unsigned)ch;
+}
+
+/* Whether the packed partial sums apply (bn_packed_sums), and their shape:
+ * R rows at a time (at most BN_PACK_ROWS), a few rows a thread, at most
+ * BN_MAX_CHUNKS chunks (the partials' buffer). */
+static int bn_packed(const Backend *be, int c, const void *x, const void *d, const void *m)
+{
+    const int v = (int)(16 / be->esize);
+    return c % v == 0 && c / v <= BN_PACK_THREADS && packable(be, c, x, d, m);
+}
+
+static unsigned bn_pack_shape(const Backend *be, size_t rows, int c, unsigned *threads)
+{
+    const int g = c / (int)(16 / be->esize);
+    int r = BN_PACK_THREADS / g;
+    if (r > BN_PACK_ROWS)
+        r = BN_PACK_ROWS;
+    *threads = (unsigned)(g * r);
+    size_t ch = rows / ((size_t)r * 4);
     if (ch < 1)
         ch = 1;
     if (ch > BN_MAX_CHUNKS)
@@ -1407,9 +1543,26 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
         bn->train = 0;
         return 0;
     }
-    unsigned chunks = bn_chunks(rows, c);
-    dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
-    LAUNCH_ON(bn_stats_partial_kernel, grid, block, be->part, tp<T>(x), rows, c, (int)chunks);
+    unsigned chunks;
+    if (bn_packed(be, c, x, NULL, NULL)) {
+        unsigned threads;
+        chunks = bn_pack_shape(be, rows, c, &threads);
+        if (be->use_bf16) {
+            typedef Pack<bf16, 8> P;
+            KERNEL(bn_stats_packed_kernel<P>, chunks, threads, be->stream)(
+                be->part, (const bf16 *)x, rows, c, (int)chunks);
+        } else {
+            typedef Pack<float, 4> P;
+            KERNEL(bn_stats_packed_kernel<P>, chunks, threads, be->stream)(
+                be->part, (const float *)x, rows, c, (int)chunks);
+        }
+        CKLAUNCH();
+    } else {
+        chunks = bn_chunks(rows, c);
+        dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
+        LAUNCH_ON(bn_stats_partial_kernel, grid, block, be->part, tp<T>(x), rows, c,
+                  (int)chunks);
+    }
     const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
     KERNEL(bn_stats_final_kernel, fgrid, fblock, be->stream)(
         bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, be->part, (int)chunks, c,
@@ -1447,11 +1600,23 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
     const BnDesc *bd = bn->d;
     const int c = bd->c;
     DySource<T> src = {(const T *)d, (const T *)m, coef, one_minus, hw};
-    unsigned chunks = bn_chunks(rows, c);
-    dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
-    KERNEL(bn_grad_partial_kernel<T>, grid, block, be->stream)(be->part, src, (const T *)x,
-                                                              bn->mean, rows, c, (int)chunks);
-    CKLAUNCH();
+    unsigned chunks;
+    if (bn_packed(be, c, x, d, m)) {
+        typedef Pack<T, 16 / sizeof(T)> P;
+        unsigned threads;
+        chunks = bn_pack_shape(be, rows, c, &threads);
+        KERNEL(bn_grad_packed_kernel<P>, chunks, threads, be->stream)(be->part, src, (const T *)x,
+                                                                      bn->mean, rows, c,
+                                                                      (int)chunks);
+        CKLAUNCH();
+    } else {
+        chunks = bn_chunks(rows, c);
+        dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
+        KERNEL(bn_grad_partial_kernel<T>, grid, block, be->stream)(be->part, src, (const T *)x,
+                                                                  bn->mean, rows, c,
+                                                                  (int)chunks);
+        CKLAUNCH();
+    }
     const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
     KERNEL(bn_grad_final_kernel, fgrid, fblock, be->stream)(
         be->k1, be->k2, be->k3, be->G + bd->gamma, be->G + bd->beta, be->part, (int)chunks, c,
@@ -1484,7 +1649,8 @@ static void cuda_destroy(Backend *be)
     void *bufs[] = {be->P,  be->G,       be->M,         be->S,      be->Wc,
                     be->Gc, be->bn_arena, be->part,     be->k1,     be->ws,
                     be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
-                    be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws};
+                    be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws,
+                    be->segs};
     if (be->eval_graph)
         cudaGraphExecDestroy(be->eval_graph);
     if (be->graph)
@@ -1628,6 +1794,26 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     }
     TRY(dev_alloc(be, &be->Wc, slots * be->esize, "convolution weights", e));
     TRY(dev_alloc(be, &be->Gc, slots * be->esize, "convolution filter gradients", e));
+    {
+        ConvSeg *h = (ConvSeg *)malloc((size_t)be->nconvs * sizeof *h);
+        if (!h)
+            return err_set(e, "cuda backend: out of host memory");
+        be->seg_max = 1;
+        for (int i = 0; i < be->nconvs; i++) {
+            const Conv *c = be->convs[i];
+            h[i] = ConvSeg{(unsigned)c->slot, (unsigned)c->d->w, (unsigned)conv_weights(c->d)};
+            be->seg_max = h[i].count > be->seg_max ? h[i].count : be->seg_max;
+        }
+        int rc = dev_alloc(be, (void **)&be->segs, (size_t)be->nconvs * sizeof *h,
+                           "convolution table", e);
+        cudaError_t st = rc ? cudaSuccess
+                            : cudaMemcpy(be->segs, h, (size_t)be->nconvs * sizeof *h,
+                                         cudaMemcpyHostToDevice);
+        free(h);
+        if (rc)
+            return -1;
+        CK(st);
+    }
     Carver cv = {NULL, 0};
     layout_bns(be, &cv);
     TRY(dev_alloc(be, (void **)&be->bn_arena, cv.used, "batch-norm statistics", e));
@@ -2085,12 +2271,9 @@ static int backward_enqueue(Backend *be, int n, Err *e)
                     be->stem_c, &be->stem_bn, srows, e));
     TRY(conv_backward_filter(be, be->xin, be->dc, &be->stem_conv, n, e));
 
-    for (int i = 0; i < be->nconvs; i++) {
-        const Conv *cv = be->convs[i];
-        const size_t count = conv_weights(cv->d);
-        LAUNCH(to_float_kernel, count, be->G + cv->d->w,
-               tp<T>((const void *)((const char *)be->Gc + cv->slot * be->esize)), count);
-    }
+    /* the filter gradients into the float arena, where the update reads them */
+    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nconvs);
+    LAUNCH_ON(slots_kernel, grid, THREADS, tp<T>(be->Gc), be->G, be->segs, 0);
     return 0;
 }
 

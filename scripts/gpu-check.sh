@@ -5,7 +5,8 @@
 # scripts/gpu-check.sh and a timeout_s of 600.
 #
 # Steps, each under its own timeout, all within BUDGET seconds (default 450;
-# a step that would pass it is skipped and says so):
+# a step that would pass it is skipped and says so; QUICK=1 leaves out the
+# fp32 benchmarks and the per-call 2x32d one, for a rerun after a change):
 #   the GPU and driver (nvidia-smi);
 #   test_cuda (cuda against ref in fp32 and bf16, device-side draws,
 #   checkpoints between backends, whole steps and CUDA graphs against the
@@ -148,7 +149,10 @@ failed=$(sed -n 's/^\[  FAILED  \] \([^0-9].*\)/\1/p' "$tmp/$t.out" | paste -sd'
 note "$t" "$(verdict $rc)" "$secs" "${counts}${failed:+ -- failed: $failed}"
 
 # ---- which cuDNN algorithms the backend picks (SHAKE_CUDA_VERBOSE) ----
-for p in bf16 fp32; do
+quick=${QUICK:-0}
+precisions="bf16 fp32"
+[ "$quick" = 1 ] && precisions=bf16
+for p in $precisions; do
     run_step "algos-$p" "$out/algos.txt" 60 env SHAKE_CUDA_VERBOSE=1 "$bin/sweep" train \
         dataset=synthetic backend=cuda precision="$p" depth=26 width=32 batch=128 steps=3 \
         epochs=1 out="$tmp/algos-$p"
@@ -226,11 +230,13 @@ epoch_run 32 bf16
 theirs 32 bf16
 epoch_run 96 bf16
 theirs 96 bf16
-epoch_run 32 fp32
-theirs 32 fp32
-ours 96 fp32
-theirs 96 fp32
-ours 32 bf16
+if [ "$quick" != 1 ]; then
+    epoch_run 32 fp32
+    theirs 32 fp32
+    ours 96 fp32
+    theirs 96 fp32
+    ours 32 bf16
+fi
 # the paper's ResNeXt 29 2x4x64d (grouped convolutions at full size): steps only
 bench ours-rx29-bf16 "$bin/bench_train" backend=cuda arch=resnext depth=29 width=64 groups=4 \
     batch=128 precision=bf16 steps=20 warmup=5

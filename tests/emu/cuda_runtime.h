@@ -9,8 +9,9 @@
  * allocated (a kernel that reads what nobody wrote shows up as NaN), with a
  * fixed capacity so that running out can be tested; a kernel launch runs
  * every thread of every block in turn (threads of a block in descending
- * order, so that the one thread that reads its block's shared memory after
- * __syncthreads runs last -- the only pattern cuda.cu uses); streams run
+ * order, so that a thread that reads its block's shared memory after
+ * __syncthreads finds what the higher-numbered threads wrote -- the only
+ * pattern cuda.cu uses); streams run
  * their work at once unless capturing, when launches, copies and library
  * calls are recorded into the graph and replayed by cudaGraphLaunch.
  * What it cannot model: concurrency (races), the real libraries' numerics
