@@ -130,7 +130,11 @@ def main():
     epoch_est = (math.ceil(train_images / batch) * step_s
                  + math.ceil(test_images / batch) * eval_s)
     if cuda:
-        where = 'device=cuda gpu="%s"' % torch.cuda.get_device_name(dev)
+        try:
+            cudnn = torch.backends.cudnn.version()
+        except RuntimeError:    # a cuDNN other than PyTorch's own was loaded
+            cudnn = "mismatch"
+        where = 'device=cuda gpu="%s" cudnn=%s' % (torch.cuda.get_device_name(dev), cudnn)
         mem = "peak_gpu_mb=%.0f peak_reserved_mb=%.0f" % (
             torch.cuda.max_memory_allocated(dev) / 2**20,
             torch.cuda.max_memory_reserved(dev) / 2**20)

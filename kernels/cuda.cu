@@ -677,22 +677,23 @@ __global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x
 }
 
 /*
- * The same partial sums, V = P::V channels a thread (16-byte loads), for
- * c a multiple of V with c / V <= 256 channel packs:
- * grid (chunks), block (G * R) with G = c / V packs of a row side by
- * side and R rows at a time. Thread (g, r) sums rows r, r + R, ... of
- * its chunk in double; then thread (g, 0) adds the R sums of its pack in
- * row order: a fixed order, so the result repeats exactly. GRAD: the
- * backward sums (dy from src, x centered on mean), else the forward ones.
+ * The backward partial sums (bn_grad_partial_kernel's), V = P::V channels
+ * a thread (16-byte loads), for c a multiple of V with c / V <= 256
+ * channel packs: grid (chunks), block (G * R) with G = c / V packs of a
+ * row side by side and R rows at a time. Thread (g, r) sums rows r, r + R,
+ * ... of its chunk in double; then thread (g, 0) adds the R sums of its
+ * pack in row order: a fixed order, so the result repeats exactly.
+ * (Measured on an H200, such a kernel pays for the three tensors the
+ * backward reads, 12 against 15 us a call at 26 2x32d; for the forward's
+ * one it took twice bn_stats_partial_kernel's time, which stays.)
  */
 enum { BN_PACK_THREADS = 256, BN_PACK_ROWS = 32 };
 
-template <typename P, int GRAD>
-__device__ __forceinline__ void bn_packed_sums(double *part, const typename P::T *x,
-                                               DySource<typename P::T> src, const float *mean,
-                                               size_t rows, int c, int chunks)
+template <typename P>
+__global__ void bn_grad_packed_kernel(double *part, DySource<typename P::T> src,
+                                      const typename P::T *x, const float *mean, size_t rows,
+                                      int c, int chunks)
 {
-    typedef typename P::T T;
     enum { V = P::V };
     __shared__ double sh[BN_PACK_THREADS * 2 * V];
     const int G = c / V, R = blockDim.x / G;
@@ -704,40 +705,30 @@ __device__ __forceinline__ void bn_packed_sums(double *part, const typename P::T
 #pragma unroll
     for (int k = 0; k < V; k++) {
         a[k] = b[k] = 0.0;
-        mu[k] = GRAD ? mean[g * V + k] : 0.0f;
+        mu[k] = mean[g * V + k];
     }
     for (size_t r = b0 + r0; r < b1; r += R) {
         const unsigned i = (unsigned)r * c + g * V;
-        const P xv = load_pack<P>(x, i);
-        if (!GRAD) {
+        /* dy_at's, a pack at a time */
+        const P xv = load_pack<P>(x, i), d = load_pack<P>(src.d, i);
+        P mk;
+        if (src.m)
+            mk = load_pack<P>(src.m, i);
+        float f = 1.0f;
+        if (src.coef) {
+            float kc = src.coef[(unsigned)r / (unsigned)src.hw];
+            f = src.one_minus ? 1.0f - kc : kc;
+        }
 #pragma unroll
-            for (int k = 0; k < V; k++) {
-                double v = to_f(xv.v[k]);
-                a[k] += v;
-                b[k] += v * v;
-            }
-        } else {
-            /* dy_at's, a pack at a time */
-            const P d = load_pack<P>(src.d, i);
-            P mk;
-            if (src.m)
-                mk = load_pack<P>(src.m, i);
-            float f = 1.0f;
-            if (src.coef) {
-                float kc = src.coef[(unsigned)r / (unsigned)src.hw];
-                f = src.one_minus ? 1.0f - kc : kc;
-            }
-#pragma unroll
-            for (int k = 0; k < V; k++) {
-                float gv = to_f(d.v[k]);
-                if (src.m && !(to_f(mk.v[k]) > 0.0f))
-                    gv = 0.0f;
-                if (src.coef)
-                    gv *= f;
-                double gd = gv;
-                a[k] += gd;
-                b[k] += gd * (double)(to_f(xv.v[k]) - mu[k]);
-            }
+        for (int k = 0; k < V; k++) {
+            float gv = to_f(d.v[k]);
+            if (src.m && !(to_f(mk.v[k]) > 0.0f))
+                gv = 0.0f;
+            if (src.coef)
+                gv *= f;
+            double gd = gv;
+            a[k] += gd;
+            b[k] += gd * (double)(to_f(xv.v[k]) - mu[k]);
         }
     }
 #pragma unroll
@@ -763,21 +754,6 @@ __device__ __forceinline__ void bn_packed_sums(double *part, const typename P::T
         out[k] = a[k];
         out[c + k] = b[k];
     }
-}
-
-template <typename P>
-__global__ void bn_stats_packed_kernel(double *part, const typename P::T *x, size_t rows, int c,
-                                       int chunks)
-{
-    bn_packed_sums<P, 0>(part, x, DySource<typename P::T>{}, NULL, rows, c, chunks);
-}
-
-template <typename P>
-__global__ void bn_grad_packed_kernel(double *part, DySource<typename P::T> src,
-                                      const typename P::T *x, const float *mean, size_t rows,
-                                      int c, int chunks)
-{
-    bn_packed_sums<P, 1>(part, x, src, mean, rows, c, chunks);
 }
 
 /*
@@ -1012,6 +988,7 @@ struct Backend {
     void *blas_ws;
     int use_graphs, require_graphs, warm;
     int verbose;                /* SHAKE_CUDA_VERBOSE=1: algorithm choices on stderr */
+    int bn_max_chunks;          /* batch-norm partial sums per channel, at most */
     long graph_launches;
     cudaGraphExec_t graph;
     TrainStep graph_key;        /* the constants the graph was captured with */
@@ -1492,7 +1469,7 @@ static int weights_refresh(Backend *be, Err *e)
     return 0;
 }
 
-static unsigned bn_chunks(size_t rows, int c)
+static unsigned bn_chunks(const Backend *be, size_t rows, int c)
 {
     /* enough blocks to fill the GPU, each with a few hundred rows */
     size_t ch = rows / 256;
@@ -1501,12 +1478,12 @@ static unsigned bn_chunks(size_t rows, int c)
         ch = 2048 / cblocks;
     if (ch < 1)
         ch = 1;
-    if (ch > BN_MAX_CHUNKS)
-        ch = BN_MAX_CHUNKS;
+    if (ch > (size_t)be->bn_max_chunks)
+        ch = (size_t)be->bn_max_chunks;
     return (unsigned)ch;
 }
 
-/* Whether the packed partial sums apply (bn_packed_sums), and their shape:
+/* Whether the packed backward sums apply (bn_grad_packed_kernel), and their shape:
  * R rows at a time (at most BN_PACK_ROWS), a few rows a thread, at most
  * BN_MAX_CHUNKS chunks (the partials' buffer). */
 static int bn_packed(const Backend *be, int c, const void *x, const void *d, const void *m)
@@ -1525,8 +1502,8 @@ static unsigned bn_pack_shape(const Backend *be, size_t rows, int c, unsigned *t
     size_t ch = rows / ((size_t)r * 4);
     if (ch < 1)
         ch = 1;
-    if (ch > BN_MAX_CHUNKS)
-        ch = BN_MAX_CHUNKS;
+    if (ch > (size_t)be->bn_max_chunks)
+        ch = (size_t)be->bn_max_chunks;
     return (unsigned)ch;
 }
 
@@ -1543,26 +1520,9 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
         bn->train = 0;
         return 0;
     }
-    unsigned chunks;
-    if (bn_packed(be, c, x, NULL, NULL)) {
-        unsigned threads;
-        chunks = bn_pack_shape(be, rows, c, &threads);
-        if (be->use_bf16) {
-            typedef Pack<bf16, 8> P;
-            KERNEL(bn_stats_packed_kernel<P>, chunks, threads, be->stream)(
-                be->part, (const bf16 *)x, rows, c, (int)chunks);
-        } else {
-            typedef Pack<float, 4> P;
-            KERNEL(bn_stats_packed_kernel<P>, chunks, threads, be->stream)(
-                be->part, (const float *)x, rows, c, (int)chunks);
-        }
-        CKLAUNCH();
-    } else {
-        chunks = bn_chunks(rows, c);
-        dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
-        LAUNCH_ON(bn_stats_partial_kernel, grid, block, be->part, tp<T>(x), rows, c,
-                  (int)chunks);
-    }
+    unsigned chunks = bn_chunks(be, rows, c);
+    dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
+    LAUNCH_ON(bn_stats_partial_kernel, grid, block, be->part, tp<T>(x), rows, c, (int)chunks);
     const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
     KERNEL(bn_stats_final_kernel, fgrid, fblock, be->stream)(
         bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, be->part, (int)chunks, c,
@@ -1610,7 +1570,7 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
                                                                       (int)chunks);
         CKLAUNCH();
     } else {
-        chunks = bn_chunks(rows, c);
+        chunks = bn_chunks(be, rows, c);
         dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
         KERNEL(bn_grad_partial_kernel<T>, grid, block, be->stream)(be->part, src, (const T *)x,
                                                                   bn->mean, rows, c,
@@ -1735,6 +1695,12 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     be->use_graphs = !graphs || strcmp(graphs, "0") != 0;
     const char *verbose = getenv("SHAKE_CUDA_VERBOSE");
     be->verbose = verbose && strcmp(verbose, "0") != 0;
+    /* SHAKE_CUDA_BN_CHUNKS: at most this many partial sums per channel
+     * (1..BN_MAX_CHUNKS), a tuning knob for measurements */
+    const char *bc = getenv("SHAKE_CUDA_BN_CHUNKS");
+    be->bn_max_chunks = bc ? atoi(bc) : BN_MAX_CHUNKS;
+    if (be->bn_max_chunks < 1 || be->bn_max_chunks > BN_MAX_CHUNKS)
+        return err_set(e, "SHAKE_CUDA_BN_CHUNKS=%s: 1..%d", bc, (int)BN_MAX_CHUNKS);
     be->require_graphs = graphs && strcmp(graphs, "require") == 0;
 
     /* sizes: the largest activation and channel count */

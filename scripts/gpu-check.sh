@@ -51,6 +51,9 @@ if [ ! -f .gpu/env.sh ]; then
         "and carry .gpu" >&2
     exit 1
 fi
+# PyTorch brings its own cuDNN and refuses another (it was built against
+# a newer one than the machine's): its runs get the environment as it was
+orig_ld=${LD_LIBRARY_PATH-}
 # shellcheck source=/dev/null
 . .gpu/env.sh
 bin=.gpu/bin
@@ -87,7 +90,8 @@ echo "$libs"
     echo "host: $(uname -srm), $(nproc) cores"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     echo "$libs"
-    "$py" -c 'import torch; print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())' 2>&1
+    LD_LIBRARY_PATH=$orig_ld "$py" -c 'import torch
+print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())' 2>&1
     nvidia-smi 2>&1
     echo
     for b in "$bin"/*; do echo "== ldd $b"; ldd "$b" 2>&1; done
@@ -194,7 +198,7 @@ bench() { # NAME CMD...: one benchmark with the GPU memory it uses
     est=$(key epoch_s_est "$f")
     epoch=$(key epoch_s "$f")
     [ -n "$epoch" ] && est="$est (run: $epoch)"
-    bench_rows+=("$(printf '%-16s %-12s %9s %8s %-19s %8s %8s' "$name" "$(verdict $rc)" \
+    bench_rows+=("$(printf '%-25s %-12s %9s %8s %-19s %8s %8s' "$name" "$(verdict $rc)" \
         "${ips[$name]:--}" "$(key ms_per_step "$f")" "${est:--}" "$mem" \
         "$(key peak_gpu_mb "$f")")")
 }
@@ -203,12 +207,12 @@ ours() { # WIDTH PRECISION [bench_train arguments]
         precision="$2" steps=50 warmup=10 "${@:3}"
 }
 theirs() { # WIDTH PRECISION
-    bench "torch-w$1-$2" "$py" bench/torch_gpu_bench.py depth=26 width="$1" batch=128 \
+    bench "torch-w$1-$2" env LD_LIBRARY_PATH="$orig_ld" "$py" bench/torch_gpu_bench.py depth=26 width="$1" batch=128 \
         precision="$2" steps=50 warmup=10
 }
-epoch_run() { # WIDTH PRECISION: `sweep train`, 2 epochs; prints the second's figures
+epoch_run() { # WIDTH PRECISION [TAG]: `sweep train`, 2 epochs; prints the second's figures
     # shellcheck disable=SC2016  # expanded by the inner shell
-    bench "epoch-w$1-$2" bash -c '
+    bench "epoch-w$1-$2${3:+-$3}" bash -c '
         "$0" train dataset=synthetic backend=cuda precision="$1" depth=26 width="$2" \
             batch=128 epochs=2 lr=0.1 out="$3" >"$3.out" 2>&1 || { cat "$3.out"; exit 1; }
         tail -n 4 "$3.out"
@@ -221,7 +225,7 @@ e = ep[-1]
 print(\" img_per_s=%.1f ms_per_step=%.2f epoch_s=%.2f train_s=%.2f eval_s=%.2f\" % (
     50000 / e[\"seconds\"], 1000 * e[\"seconds\"] / 391, e[\"seconds\"] + e[\"eval_seconds\"],
     e[\"seconds\"], e[\"eval_seconds\"]))
-" "$3/log.jsonl"' "$bin/sweep" "$2" "$1" "$tmp/run-w$1-$2" "$py"
+" "$3/log.jsonl"' "$bin/sweep" "$2" "$1" "$tmp/run-w$1-$2${3:+-$3}" "$py"
 }
 # the comparisons that matter most first, in case the budget runs out;
 # fp32 2x96d as bench_train's estimate (two real fp32 epochs of it cost
@@ -230,6 +234,10 @@ epoch_run 32 bf16
 theirs 32 bf16
 epoch_run 96 bf16
 theirs 96 bf16
+# the batch-norm partial sums' count (a tuning knob): fewer chunks, less
+# for the final reduction to read
+SHAKE_CUDA_BN_CHUNKS=128 epoch_run 32 bf16 chunks128
+SHAKE_CUDA_BN_CHUNKS=128 epoch_run 96 bf16 chunks128
 if [ "$quick" != 1 ]; then
     epoch_run 32 fp32
     theirs 32 fp32
@@ -324,7 +332,7 @@ ratio() { # ours theirs -> "1.23x" or n/a
     printf '%s\n' "${results[@]}"
     echo
     echo "26 2xWd, batch 128"
-    printf '%-16s %-12s %9s %8s %-19s %8s %8s\n' benchmark result img/s ms/step \
+    printf '%-25s %-12s %9s %8s %-19s %8s %8s\n' benchmark result img/s ms/step \
         "s/epoch (est)" "GPU MiB" "alloc MB"
     printf '%s\n' "${bench_rows[@]}"
     echo "GPU MiB: memory in use by nvidia-smi, peak over before the run (context and"
