@@ -989,6 +989,10 @@ struct Backend {
     int use_graphs, require_graphs, warm;
     int verbose;                /* SHAKE_CUDA_VERBOSE=1: algorithm choices on stderr */
     int bn_max_chunks;          /* batch-norm partial sums per channel, at most */
+    /* SHAKE_CUDA_FIND=1: cuDNN times the candidates (its Find), on scratch
+     * input, output and weights and a workspace of WS_CAP, made at first use */
+    int find;
+    void *find_x, *find_y, *find_w, *find_ws;
     long graph_launches;
     cudaGraphExec_t graph;
     TrainStep graph_key;        /* the constants the graph was captured with */
@@ -1241,6 +1245,23 @@ static int grow_workspace(Backend *be, size_t need, Err *e)
     return 0;
 }
 
+/* The scratch cuDNN's Find runs the candidates on (zeros: the timing is
+ * what counts): any conv's input, output and weights fit. */
+static int find_scratch(Backend *be, Err *e)
+{
+    if (be->find_ws)
+        return 0;
+    const size_t act = be->max_act * be->esize, w = be->seg_max * be->esize;
+    TRY(dev_alloc(be, &be->find_x, act, "the algorithm search's input", e));
+    TRY(dev_alloc(be, &be->find_y, act, "the algorithm search's output", e));
+    TRY(dev_alloc(be, &be->find_w, w, "the algorithm search's weights", e));
+    CK(cudaMemset(be->find_x, 0, act));
+    CK(cudaMemset(be->find_y, 0, act));
+    CK(cudaMemset(be->find_w, 0, w));
+    TRY(dev_alloc(be, &be->find_ws, WS_CAP, "the algorithm search's workspace", e));
+    return 0;
+}
+
 /* Descriptors and algorithm candidates for batch n (kept until n changes). */
 static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
 {
@@ -1280,18 +1301,33 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     size_t need = 0;
     int got = 0;
     cudnnHandle_t h = be->dnn;
+    /* with be->find, the candidates as cuDNN timed them, fastest first */
+    if (be->find)
+        TRY(find_scratch(be, e));
+    void *fx = be->find_x, *fy = be->find_y, *fw = be->find_w, *fws = be->find_ws;
     cudnnConvolutionFwdAlgoPerf_t pf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    CKDNN(cudnnGetConvolutionForwardAlgorithm_v7(h, cv->x, cv->w, cv->conv, cv->y,
-                                                 CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, pf));
+    if (be->find)
+        CKDNN(cudnnFindConvolutionForwardAlgorithmEx(h, cv->x, fx, cv->w, fw, cv->conv, cv->y,
+                                                     fy, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
+                                                     pf, fws, WS_CAP));
+    else
+        CKDNN(cudnnGetConvolutionForwardAlgorithm_v7(h, cv->x, cv->w, cv->conv, cv->y,
+                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
+                                                     pf));
     auto fwd_ws = [&](cudnnConvolutionFwdAlgo_t a, size_t *ws) {
         return cudnnGetConvolutionForwardWorkspaceSize(h, cv->x, cv->w, cv->conv, cv->y, a, ws);
     };
     FILL_ALGOS(cv->fwd, pf, got, fwd_ok, fwd_ws);
     WIDEST_MATH();
     cudnnConvolutionBwdDataAlgoPerf_t pd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    CKDNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cv->w, cv->y, cv->conv, cv->x,
-                                                      CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                      &got, pd));
+    if (be->find)
+        CKDNN(cudnnFindConvolutionBackwardDataAlgorithmEx(
+            h, cv->w, fw, cv->y, fy, cv->conv, cv->x, fx, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+            &got, pd, fws, WS_CAP));
+    else
+        CKDNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cv->w, cv->y, cv->conv, cv->x,
+                                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                          &got, pd));
     auto data_ws = [&](cudnnConvolutionBwdDataAlgo_t a, size_t *ws) {
         return cudnnGetConvolutionBackwardDataWorkspaceSize(h, cv->w, cv->y, cv->conv, cv->x, a,
                                                             ws);
@@ -1299,9 +1335,14 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     FILL_ALGOS(cv->bwd_data, pd, got, bwd_data_ok, data_ws);
     WIDEST_MATH();
     cudnnConvolutionBwdFilterAlgoPerf_t pw[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    CKDNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, cv->x, cv->y, cv->conv, cv->w,
-                                                        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                        &got, pw));
+    if (be->find)
+        CKDNN(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+            h, cv->x, fx, cv->y, fy, cv->conv, cv->w, fw, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+            &got, pw, fws, WS_CAP));
+    else
+        CKDNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+            h, cv->x, cv->y, cv->conv, cv->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got,
+            pw));
     auto filter_ws = [&](cudnnConvolutionBwdFilterAlgo_t a, size_t *ws) {
         return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, cv->x, cv->y, cv->conv, cv->w, a,
                                                               ws);
@@ -1610,7 +1651,7 @@ static void cuda_destroy(Backend *be)
                     be->Gc, be->bn_arena, be->part,     be->k1,     be->ws,
                     be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
                     be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws,
-                    be->segs};
+                    be->segs, be->find_x, be->find_y, be->find_w, be->find_ws};
     if (be->eval_graph)
         cudaGraphExecDestroy(be->eval_graph);
     if (be->graph)
@@ -1697,10 +1738,18 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     be->verbose = verbose && strcmp(verbose, "0") != 0;
     /* SHAKE_CUDA_BN_CHUNKS: at most this many partial sums per channel
      * (1..BN_MAX_CHUNKS), a tuning knob for measurements */
+    const char *fd = getenv("SHAKE_CUDA_FIND");
+    be->find = fd && strcmp(fd, "0") != 0;
     const char *bc = getenv("SHAKE_CUDA_BN_CHUNKS");
-    be->bn_max_chunks = bc ? atoi(bc) : BN_MAX_CHUNKS;
-    if (be->bn_max_chunks < 1 || be->bn_max_chunks > BN_MAX_CHUNKS)
-        return err_set(e, "SHAKE_CUDA_BN_CHUNKS=%s: 1..%d", bc, (int)BN_MAX_CHUNKS);
+    be->bn_max_chunks = BN_MAX_CHUNKS;
+    if (bc) {
+        char *end;
+        long v = strtol(bc, &end, 10);
+        if (end == bc || *end || v < 1 || v > BN_MAX_CHUNKS)
+            return err_set(e, "SHAKE_CUDA_BN_CHUNKS=%s: a whole number in 1..%d", bc,
+                           (int)BN_MAX_CHUNKS);
+        be->bn_max_chunks = (int)v;
+    }
     be->require_graphs = graphs && strcmp(graphs, "require") == 0;
 
     /* sizes: the largest activation and channel count */

@@ -234,10 +234,10 @@ epoch_run 32 bf16
 theirs 32 bf16
 epoch_run 96 bf16
 theirs 96 bf16
-# the batch-norm partial sums' count (a tuning knob): fewer chunks, less
-# for the final reduction to read
-SHAKE_CUDA_BN_CHUNKS=128 epoch_run 32 bf16 chunks128
-SHAKE_CUDA_BN_CHUNKS=128 epoch_run 96 bf16 chunks128
+# cuDNN's Find (it times the candidates) against its heuristics, the
+# default: whether the fastest algorithms beat the first deterministic ones
+SHAKE_CUDA_FIND=1 epoch_run 32 bf16 find
+SHAKE_CUDA_FIND=1 epoch_run 96 bf16 find
 if [ "$quick" != 1 ]; then
     epoch_run 32 fp32
     theirs 32 fp32

@@ -122,6 +122,50 @@ static void test_parity(void **ctx)
                             p->mode == BF16_SYNCED ? &tol_bf16_synced : &tol_fp32_synced);
 }
 
+/*
+ * SHAKE_CUDA_FIND=1 (cuDNN times the candidates and the fastest come
+ * first) computes the same function: a ResNet in fp32 and a ResNeXt in
+ * bf16 within the parity bounds. And SHAKE_CUDA_BN_CHUNKS outside 1..512
+ * is refused by name.
+ */
+static void test_tuning_knobs(void **ctx)
+{
+    (void)ctx;
+    setenv("SHAKE_CUDA_FIND", "1", 1);
+    for (int k = 0; k < 2; k++) {
+        const int i = k == 0 ? 0 : NCASES - 2;
+        BackendOptions o = {0, 2, 0, k == 0 ? PRECISION_FP32 : PRECISION_BF16};
+        CompareCase c = cases[i];
+        char name[200];
+        snprintf(name, sizeof name, "SHAKE_CUDA_FIND=1, %s: %s",
+                 k == 0 ? "fp32 synced" : "bf16 synced", cases[i].name);
+        c.name = name;
+        compare_case_synced(cuda, &o, &c, k == 0 ? &tol_fp32_synced : &tol_bf16_synced);
+    }
+    unsetenv("SHAKE_CUDA_FIND");
+
+    const ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
+    Model m;
+    Err e = {{0}};
+    if (model_build(&m, &spec, &e))
+        fail_msg("%s", e.msg);
+    const char *bad[] = {"0", "513", "many", "12x"};
+    for (size_t j = 0; j < sizeof bad / sizeof bad[0]; j++) {
+        setenv("SHAKE_CUDA_BN_CHUNKS", bad[j], 1);
+        BackendOptions o = {4, 2, 0, PRECISION_FP32};
+        e = (Err){{0}};
+        Backend *be = cuda->create(&m, &o, &e);
+        unsetenv("SHAKE_CUDA_BN_CHUNKS");
+        if (be) {
+            cuda->destroy(be);
+            fail_msg("SHAKE_CUDA_BN_CHUNKS=%s was accepted", bad[j]);
+        }
+        if (!strstr(e.msg, "SHAKE_CUDA_BN_CHUNKS"))
+            fail_msg("SHAKE_CUDA_BN_CHUNKS=%s: the error does not name it: %s", bad[j], e.msg);
+    }
+    model_free(&m);
+}
+
 /* ---- device-side draws: bit-identical to the host's ---- */
 
 static void test_shake_draw_same(void **ctx)
@@ -855,7 +899,7 @@ int main(void)
     }
     printf("test_cuda: %d GPU(s) visible; ref, %s and cuda in this binary\n",
            backend_cuda_devices(), host_backend());
-    struct CMUnitTest tests[NMODES * NCASES + 10];
+    struct CMUnitTest tests[NMODES * NCASES + 12];
     int nt = 0;
     for (int mode = 0; mode < NMODES; mode++)
         for (int i = 0; i < NCASES; i++) {
@@ -865,6 +909,7 @@ int main(void)
             snprintf(q->name, sizeof q->name, "%s: %s", mode_names[mode], cases[i].name);
             tests[nt++] = (struct CMUnitTest){q->name, test_parity, NULL, NULL, q};
         }
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_tuning_knobs);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_shake_draw_same);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_data_batch_same);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_cuda_on_host);

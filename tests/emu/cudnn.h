@@ -447,4 +447,72 @@ inline cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void 
     return CUDNN_STATUS_SUCCESS;
 }
 
+/*
+ * cuDNN's Find: runs each candidate on the buffers given and returns them
+ * fastest first, those that cannot run with a status saying so. Here: the
+ * candidate that runs writes its output once, and comes first; the one
+ * that reports "not supported" comes last with that status.
+ */
+template <typename A> inline void emu_found(EmuAlgoPerf<A> *perf, int returned)
+{
+    if (returned < 2)
+        return;
+    EmuAlgoPerf<A> unsupported = perf[0];
+    unsupported.status = CUDNN_STATUS_NOT_SUPPORTED;
+    perf[0] = perf[1];
+    perf[0].time = 0.5f;
+    perf[1] = unsupported;
+}
+
+inline cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(
+    cudnnHandle_t h, cudnnTensorDescriptor_t xd, const void *x, cudnnFilterDescriptor_t wd,
+    const void *w, cudnnConvolutionDescriptor_t cd, cudnnTensorDescriptor_t yd, void *y,
+    int requested, int *returned, cudnnConvolutionFwdAlgoPerf_t *perf, void *ws, size_t wsb)
+{
+    const float one = 1.0f, zero = 0.0f;
+    cudnnStatus_t st = cudnnConvolutionForward(h, &one, xd, x, wd, w, cd,
+                                               CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, ws, wsb,
+                                               &zero, yd, y);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, requested, returned, perf);
+    if (st == CUDNN_STATUS_SUCCESS)
+        emu_found(perf, *returned);
+    return st;
+}
+
+inline cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(
+    cudnnHandle_t h, cudnnFilterDescriptor_t wd, const void *w, cudnnTensorDescriptor_t dyd,
+    const void *dy, cudnnConvolutionDescriptor_t cd, cudnnTensorDescriptor_t dxd, void *dx,
+    int requested, int *returned, cudnnConvolutionBwdDataAlgoPerf_t *perf, void *ws, size_t wsb)
+{
+    const float one = 1.0f, zero = 0.0f;
+    cudnnStatus_t st = cudnnConvolutionBackwardData(h, &one, wd, w, dyd, dy, cd,
+                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, ws, wsb,
+                                                    &zero, dxd, dx);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd, requested, returned,
+                                                         perf);
+    if (st == CUDNN_STATUS_SUCCESS)
+        emu_found(perf, *returned);
+    return st;
+}
+
+inline cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
+    cudnnHandle_t h, cudnnTensorDescriptor_t xd, const void *x, cudnnTensorDescriptor_t dyd,
+    const void *dy, cudnnConvolutionDescriptor_t cd, cudnnFilterDescriptor_t dwd, void *dw,
+    int requested, int *returned, cudnnConvolutionBwdFilterAlgoPerf_t *perf, void *ws,
+    size_t wsb)
+{
+    const float one = 1.0f, zero = 0.0f;
+    cudnnStatus_t st = cudnnConvolutionBackwardFilter(h, &one, xd, x, dyd, dy, cd,
+                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, ws,
+                                                      wsb, &zero, dwd, dw);
+    if (st == CUDNN_STATUS_SUCCESS)
+        st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd, requested,
+                                                           returned, perf);
+    if (st == CUDNN_STATUS_SUCCESS)
+        emu_found(perf, *returned);
+    return st;
+}
+
 #endif
