@@ -605,17 +605,30 @@ template <typename T> struct DySource {
     int hw;
 };
 
-template <typename T>
-__device__ __forceinline__ float dy_at(const DySource<T> &s, unsigned row, size_t i)
+/* The output gradients of elements i..i+V-1 (V = P::V, one row): dy as
+ * DySource describes it. */
+template <typename P>
+__device__ __forceinline__ void dy_pack(float *g, const DySource<typename P::T> &s, unsigned row,
+                                        unsigned i)
 {
-    float v = to_f(s.d[i]);
-    if (s.m && !(to_f(s.m[i]) > 0.0f))
-        v = 0.0f;
+    const P d = load_pack<P>(s.d, i);
+    P mk;
+    if (s.m)
+        mk = load_pack<P>(s.m, i);
+    float f = 1.0f;
     if (s.coef) {
         float k = s.coef[row / (unsigned)s.hw];
-        v *= s.one_minus ? 1.0f - k : k;
+        f = s.one_minus ? 1.0f - k : k;
     }
-    return v;
+#pragma unroll
+    for (int k = 0; k < P::V; k++) {
+        float v = to_f(d.v[k]);
+        if (s.m && !(to_f(mk.v[k]) > 0.0f))
+            v = 0.0f;
+        if (s.coef)
+            v *= f;
+        g[k] = v;
+    }
 }
 
 template <typename T>
@@ -657,8 +670,10 @@ __global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x
     if (ch < c) {
         const float mu = mean[ch];
         for (size_t r = r0 + threadIdx.y; r < r1; r += BN_TY) {
-            size_t i = r * c + ch;
-            double g = dy_at(src, r, i);
+            const unsigned i = (unsigned)(r * c + ch);
+            float gv;
+            dy_pack<Pack<T, 1>>(&gv, src, (unsigned)r, i);
+            double g = gv;
             a += g;
             b += g * (double)(to_f(x[i]) - mu);
         }
@@ -709,24 +724,12 @@ __global__ void bn_grad_packed_kernel(double *part, DySource<typename P::T> src,
     }
     for (size_t r = b0 + r0; r < b1; r += R) {
         const unsigned i = (unsigned)r * c + g * V;
-        /* dy_at's, a pack at a time */
-        const P xv = load_pack<P>(x, i), d = load_pack<P>(src.d, i);
-        P mk;
-        if (src.m)
-            mk = load_pack<P>(src.m, i);
-        float f = 1.0f;
-        if (src.coef) {
-            float kc = src.coef[(unsigned)r / (unsigned)src.hw];
-            f = src.one_minus ? 1.0f - kc : kc;
-        }
+        const P xv = load_pack<P>(x, i);
+        float gv[V];
+        dy_pack<P>(gv, src, (unsigned)r, i);
 #pragma unroll
         for (int k = 0; k < V; k++) {
-            float gv = to_f(d.v[k]);
-            if (src.m && !(to_f(mk.v[k]) > 0.0f))
-                gv = 0.0f;
-            if (src.coef)
-                gv *= f;
-            double gd = gv;
+            double gd = gv[k];
             a[k] += gd;
             b[k] += gd * (double)(to_f(xv.v[k]) - mu[k]);
         }
@@ -854,25 +857,14 @@ __global__ void bn_grad_apply_kernel(typename P::T *dx, DySource<typename P::T> 
     FOR_EACH(t, rows * c / P::V) {
         const unsigned i = t * P::V;
         const int ch = (int)(i % c);
-        const unsigned row = i / c;
-        /* dy_at's, a pack at a time */
-        P d = load_pack<P>(src.d, i), mk, xs = load_pack<P>(x, i), y;
-        if (src.m)
-            mk = load_pack<P>(src.m, i);
-        float f = 1.0f;
-        if (src.coef) {
-            float kc = src.coef[row / (unsigned)src.hw];
-            f = src.one_minus ? 1.0f - kc : kc;
-        }
+        const P xs = load_pack<P>(x, i);
+        P y;
+        float g[P::V];
+        dy_pack<P>(g, src, i / c, i);
 #pragma unroll
         for (int k = 0; k < P::V; k++) {
-            float g = to_f(d.v[k]);
-            if (src.m && !(to_f(mk.v[k]) > 0.0f))
-                g = 0.0f;
-            if (src.coef)
-                g *= f;
             const int cc = ch + k;
-            y.v[k] = from_f<T>(k1[cc] * g + k2[cc] * (to_f(xs.v[k]) - mean[cc]) + k3[cc]);
+            y.v[k] = from_f<T>(k1[cc] * g[k] + k2[cc] * (to_f(xs.v[k]) - mean[cc]) + k3[cc]);
         }
         store_pack(dx, i, y);
     }
