@@ -21,14 +21,17 @@
 #   from the host) and bench/torch_gpu_bench.py (PyTorch, eager,
 #   channels_last) on 26 2x32d and 26 2x96d at batch 128, bf16 and fp32,
 #   with the GPU memory in use sampled by nvidia-smi every 100 ms (the same
-#   measure for both: peak minus what was in use before the run).
+#   measure for both: peak minus what was in use before the run); the bf16
+#   epochs again with SHAKE_CUDA_FIND=1 (cuDNN's timed algorithms); the
+#   ResNeXt 29 2x4x64d through bench_train;
+#   Nsight Compute's time of each kernel of a 2x32d bf16 step (profile.txt).
 # The tests need no fixtures from the source tree: their data is synthetic
 # and their scratch folders go to $TMPDIR or /tmp.
 #
 # Logs go to $OUT (the device tool's folder there; ./gpu-out elsewhere), in
 # the few files the device tool brings back: system.txt, tests.log,
-# algos.txt (the cuDNN algorithms picked), sanitizer.log, bench.log and
-# summary.txt, the table printed last.
+# algos.txt (the cuDNN algorithms picked), sanitizer.log, bench.log,
+# profile.txt and summary.txt, the table printed last.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 out=${OUT:-./gpu-out}
@@ -165,6 +168,44 @@ for p in $precisions; do
         "$(grep -c '^cuda: ' "$tmp/algos-$p.out") convolutions in algos.txt"
 done
 
+# ---- memcheck ----
+san=$(command -v compute-sanitizer ||
+    find /usr/local/cuda*/bin /opt -name compute-sanitizer -type f 2>/dev/null | head -n 1)
+sanitize() { # NAME bench_train arguments...
+    local name=$1
+    shift
+    if [ -z "$san" ]; then
+        note "$name" "not run" 0 "compute-sanitizer not found"
+        status=1
+        return
+    fi
+    run_step "$name" "$out/sanitizer.log" 90 "$san" --tool memcheck --leak-check full \
+        --print-limit 20 --error-exitcode 99 "$bin/bench_train" backend=cuda steps=2 warmup=1 \
+        batch=8 "$@"
+    [ "$rc" = 0 ] || status=1
+    local summary
+    summary=$(grep -m1 'ERROR SUMMARY' "$tmp/$name.out" | sed 's/^=* *//')
+    note "$name" "$(verdict $rc)" "$secs" "$summary"
+}
+# the training path first: 4 steps of 16, the third captured, the fourth replayed
+if [ -n "$san" ]; then
+    run_step memcheck-train-bf16 "$out/sanitizer.log" 120 "$san" --tool memcheck \
+        --print-limit 20 --error-exitcode 99 "$bin/sweep" train dataset=synthetic \
+        backend=cuda precision=bf16 depth=8 width=16 batch=16 steps=4 epochs=1 \
+        out="$tmp/memcheck-train"
+    [ "$rc" = 0 ] || status=1
+    note memcheck-train-bf16 "$(verdict $rc)" "$secs" \
+        "$(grep -m1 'ERROR SUMMARY' "$tmp/memcheck-train-bf16.out" | sed 's/^=* *//')"
+fi
+sanitize memcheck-resnet8-fp32 depth=8 width=16 precision=fp32
+# instrumenting cuDNN's kernels is what takes the time: a second run would
+# time out too
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    note memcheck-resnext11-bf16 "not run" 0 "the first memcheck timed out"
+else
+    sanitize memcheck-resnext11-bf16 arch=resnext depth=11 width=8 groups=4 precision=bf16
+fi
+
 # ---- benchmarks ----
 # GPU memory in use every 100 ms, one nvidia-smi call a sample: a killed
 # nvidia-smi -lms may lose its last, buffered lines.
@@ -248,44 +289,6 @@ fi
 # the paper's ResNeXt 29 2x4x64d (grouped convolutions at full size): steps only
 bench ours-rx29-bf16 "$bin/bench_train" backend=cuda arch=resnext depth=29 width=64 groups=4 \
     batch=128 precision=bf16 steps=20 warmup=5
-
-# ---- memcheck ----
-san=$(command -v compute-sanitizer ||
-    find /usr/local/cuda*/bin /opt -name compute-sanitizer -type f 2>/dev/null | head -n 1)
-sanitize() { # NAME bench_train arguments...
-    local name=$1
-    shift
-    if [ -z "$san" ]; then
-        note "$name" "not run" 0 "compute-sanitizer not found"
-        status=1
-        return
-    fi
-    run_step "$name" "$out/sanitizer.log" 90 "$san" --tool memcheck --leak-check full \
-        --print-limit 20 --error-exitcode 99 "$bin/bench_train" backend=cuda steps=2 warmup=1 \
-        batch=8 "$@"
-    [ "$rc" = 0 ] || status=1
-    local summary
-    summary=$(grep -m1 'ERROR SUMMARY' "$tmp/$name.out" | sed 's/^=* *//')
-    note "$name" "$(verdict $rc)" "$secs" "$summary"
-}
-# the training path first: 4 steps of 16, the third captured, the fourth replayed
-if [ -n "$san" ]; then
-    run_step memcheck-train-bf16 "$out/sanitizer.log" 120 "$san" --tool memcheck \
-        --print-limit 20 --error-exitcode 99 "$bin/sweep" train dataset=synthetic \
-        backend=cuda precision=bf16 depth=8 width=16 batch=16 steps=4 epochs=1 \
-        out="$tmp/memcheck-train"
-    [ "$rc" = 0 ] || status=1
-    note memcheck-train-bf16 "$(verdict $rc)" "$secs" \
-        "$(grep -m1 'ERROR SUMMARY' "$tmp/memcheck-train-bf16.out" | sed 's/^=* *//')"
-fi
-sanitize memcheck-resnet8-fp32 depth=8 width=16 precision=fp32
-# instrumenting cuDNN's kernels is what takes the time: a second run would
-# time out too
-if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    note memcheck-resnext11-bf16 "not run" 0 "the first memcheck timed out"
-else
-    sanitize memcheck-resnext11-bf16 arch=resnext depth=11 width=8 groups=4 precision=bf16
-fi
 
 # ---- where a step's time goes: each kernel's time from Nsight Compute ----
 # bench_train's per-call path, 26 2x32d bf16 at batch 128: a warm-up step, a
