@@ -27,12 +27,13 @@ Backend *compare_create(const BackendOps *ops, const Model *m, const BackendOpti
     return be;
 }
 
-void compare_check(const char *what, const char *cname, const float *got, const float *want,
-                   size_t count, double tol)
+double compare_check(const char *what, const char *cname, const float *got, const float *want,
+                     size_t count, double tol)
 {
     double err = tu_rel_err(got, want, count);
     if (!(err <= tol))
         fail_msg("%s: %s differs from ref: relative error %.3g > %.1g", cname, what, err, tol);
+    return err;
 }
 
 void compare_grads(const Model *m, const char *cname, const float *got, const float *want,
@@ -189,6 +190,7 @@ void compare_case_synced(const BackendOps *ops, const BackendOptions *o, const C
     const Model *m = &f->m;
     const int n = f->n, K = f->K;
     char what[300];
+    double worst_logits = 0, worst_state = 0, worst_grads = 0;
     for (int step = 0; step < 3; step++) {
         /* common inputs: ref's weights, statistics and momentum, and the
          * round trip through the tested backend is exact */
@@ -205,21 +207,25 @@ void compare_case_synced(const BackendOps *ops, const BackendOptions *o, const C
         COMPARE_OK(backend_ref.forward(f->ref, f->lr, f->x, NULL, n - 1, 0, ep));
         COMPARE_OK(ops->forward(f->tst, f->lt, f->x, NULL, n - 1, 0, ep));
         snprintf(what, sizeof what, "evaluation logits (step %d)", step);
-        compare_check(what, c->name, f->lt, f->lr, (size_t)(n - 1) * K, tol->logits);
+        worst_logits = fmax(worst_logits, compare_check(what, c->name, f->lt, f->lr,
+                                                        (size_t)(n - 1) * K, tol->logits));
 
         shake_draw(f->alpha, f->beta, m->nblocks, n, 3, step, c->fwd, c->bwd, c->level);
         COMPARE_OK(backend_ref.forward(f->ref, f->lr, f->x, f->alpha, n, 1, ep));
         COMPARE_OK(ops->forward(f->tst, f->lt, f->x, f->alpha, n, 1, ep));
         snprintf(what, sizeof what, "training logits (step %d)", step);
-        compare_check(what, c->name, f->lt, f->lr, (size_t)n * K, tol->logits);
+        worst_logits = fmax(worst_logits, compare_check(what, c->name, f->lt, f->lr,
+                                                        (size_t)n * K, tol->logits));
         softmax_xent(f->dl, NULL, f->lr, f->labels, n, K);
         COMPARE_OK(backend_ref.backward(f->ref, f->dl, f->beta, n, ep));
         COMPARE_OK(ops->backward(f->tst, f->dl, f->beta, n, ep));
         COMPARE_OK(backend_ref.store(f->ref, NULL, f->sr, NULL, f->gr, ep));
         COMPARE_OK(ops->store(f->tst, NULL, f->st, NULL, f->gt, ep));
         snprintf(what, sizeof what, "running statistics (step %d)", step);
-        compare_check(what, c->name, f->st, f->sr, m->nstate, tol->state);
+        worst_state = fmax(worst_state, compare_check(what, c->name, f->st, f->sr, m->nstate,
+                                                      tol->state));
         double gerr = norm_err(f->gt, f->gr, m->nparams);
+        worst_grads = fmax(worst_grads, gerr);
         if (!(gerr <= tol->grads)) {
             char worst[200] = "";
             worst_tensor(m, f->gt, f->gr, worst, sizeof worst);
@@ -241,5 +247,9 @@ void compare_case_synced(const BackendOps *ops, const BackendOptions *o, const C
                  "gradients)", step);
         compare_check(what, c->name, f->mt, f->mw, m->nparams, tol->update);
     }
+    /* the margins, for the record (a GPU run's log shows them) */
+    printf("  %s: largest relative errors: logits %.2g (bound %.2g), running statistics %.2g "
+           "(%.2g), gradients %.2g (%.2g)\n", c->name, worst_logits, tol->logits, worst_state,
+           tol->state, worst_grads, tol->grads);
     fixture_free(f, ops);
 }

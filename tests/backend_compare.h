@@ -64,9 +64,10 @@ typedef struct {
 /* ops->create with o, its max_batch set to n; fails the test on error. */
 Backend *compare_create(const BackendOps *ops, const Model *m, const BackendOptions *o, int n);
 
-/* Fails the test when tu_rel_err(got, want) > tol (or either has a NaN). */
-void compare_check(const char *what, const char *cname, const float *got, const float *want,
-                   size_t count, double tol);
+/* Fails the test when tu_rel_err(got, want) > tol (or either has a NaN);
+ * returns that error. */
+double compare_check(const char *what, const char *cname, const float *got, const float *want,
+                     size_t count, double tol);
 
 /* compare_check on each parameter tensor of `got` and `want` (params
  * arena layout, gradients say), each against its own scale. */
