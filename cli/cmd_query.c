@@ -226,8 +226,10 @@ int cmd_show(int argc, char **argv)
         printf("result      test error %.2f%%, test loss %.4f\n", r.test_err, r.test_loss);
     printf("epochs      %d of %d\n", r.epochs_done, r.epochs_total);
     printf("started     %s   ended %s\n", t1, t2);
-    printf("where       host %s, pid %d, backend %s\n", r.host ? r.host : "-", r.pid,
-           r.backend ? r.backend : "-");
+    /* the device where it says more than the backend (cuda:1, not cpu) */
+    const int on = r.device && !(r.backend && strcmp(r.device, r.backend) == 0);
+    printf("where       host %s, pid %d, backend %s%s%s\n", r.host ? r.host : "-", r.pid,
+           r.backend ? r.backend : "-", on ? " on " : "", on ? r.device : "");
     printf("folder      %s (checkpoint.safetensors, log.jsonl, output.log)\n", r.run_dir);
     printf("code        %s (binary built from %s%s)\n", r.code ? r.code : "-",
            r.build_commit ? r.build_commit : "-", r.build_dirty ? " with uncommitted changes" : "");

@@ -11,6 +11,7 @@
 #   test_cuda (cuda against ref in fp32 and bf16, device-side draws,
 #   checkpoints between backends, whole steps and CUDA graphs against the
 #   per-call path, a bad device);
+#   `sweep run --gpus 0` on a two-cell sweep (runs placed on the GPU);
 #   compute-sanitizer memcheck over a few training steps: `sweep train` on
 #   the whole-step path (data on the GPU, a captured and a replayed graph),
 #   then bench_train's per-call path (a ResNet in fp32, a ResNeXt in bf16);
@@ -167,6 +168,29 @@ for p in $precisions; do
     note "algos-$p" "$(verdict $rc)" "$secs" \
         "$(grep -c '^cuda: ' "$tmp/algos-$p.out") convolutions in algos.txt"
 done
+
+# ---- the orchestrator placing runs on the GPU (sweep run --gpus 0) ----
+# two cells of a small network, one short epoch each on synthetic data; the
+# runs must finish, and record backend cuda on cuda:0
+cat >"$tmp/gpu-smoke.lua" <<'LUA'
+local sweep = require "sweep"
+return sweep.sweep{
+  name = "gpu-smoke",
+  title = "GPU check: two cells, synthetic data, one short epoch",
+  base = {dataset = "synthetic", arch = "resnet", depth = 8, width = 16, epochs = 1,
+          batch = 128, lr = 0.1, train_subset = 3000},
+  cells = {sweep.cell(sweep.mode("even-even")), sweep.cell(sweep.mode("shake-shake-image"))},
+  label = function(c) return sweep.mode_name(c) .. " " .. sweep.net_name(c) end,
+  layout = {row = sweep.mode_name, col = sweep.net_name},
+}
+LUA
+# shellcheck disable=SC2016  # expanded by the inner shell
+run_step sweep-gpus "$out/tests.log" 90 bash -c '
+    cd "$1" && "$0" run gpu-smoke.lua --db s.db --gpus 0 && "$0" report --db s.db &&
+        "$0" show 1 --db s.db | grep "backend cuda on cuda:0" &&
+        "$0" show 2 --db s.db | grep "backend cuda on cuda:0"' "$PWD/$bin/sweep" "$tmp"
+[ "$rc" = 0 ] || status=1
+note sweep-gpus "$(verdict $rc)" "$secs" "$(grep -m1 'done, ' "$tmp/sweep-gpus.out" | cut -c1-80)"
 
 # ---- memcheck ----
 san=$(command -v compute-sanitizer ||

@@ -595,6 +595,10 @@ static void test_gpus_placement(void **s)
         }
         run_recs_free(runs, n);
         store_close(st);
+        /* and `sweep show` says where it ran */
+        assert_int_equal(tu_run_sweep(&out, "show 1 --db '%s'", db), 0);
+        assert_non_null(strstr(out, "backend cuda on cuda:0"));
+        free(out);
     }
     free(file);
     free(db);
