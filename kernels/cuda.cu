@@ -74,24 +74,18 @@ static int cuda_fail(Err *e, cudaError_t st, const char *call, const char *file,
         if (ck_ != cudaSuccess)                                           \
             return cuda_fail(e, ck_, #call, __FILE__, __LINE__);          \
     } while (0)
-#define CKDNN(call)                                                       \
+/* a library call's status: ok, or the error with file:line and its text */
+#define CK_STATUS(call, ok, text)                                         \
     do {                                                                  \
-        cudnnStatus_t ck_ = (call);                                       \
-        if (ck_ != CUDNN_STATUS_SUCCESS) {                                \
+        auto ck_ = (call);                                                \
+        if (ck_ != (ok)) {                                                \
             cudaGetLastError();                                           \
             return err_set(e, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
-                           cudnnGetErrorString(ck_));                     \
+                           text(ck_));                                    \
         }                                                                 \
     } while (0)
-#define CKBLAS(call)                                                      \
-    do {                                                                  \
-        cublasStatus_t ck_ = (call);                                      \
-        if (ck_ != CUBLAS_STATUS_SUCCESS) {                               \
-            cudaGetLastError();                                           \
-            return err_set(e, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
-                           cublasGetStatusString(ck_));                   \
-        }                                                                 \
-    } while (0)
+#define CKDNN(call) CK_STATUS(call, CUDNN_STATUS_SUCCESS, cudnnGetErrorString)
+#define CKBLAS(call) CK_STATUS(call, CUBLAS_STATUS_SUCCESS, cublasGetStatusString)
 /* after a kernel launch: a bad configuration shows up here */
 #define CKLAUNCH() CK(cudaGetLastError())
 /* a call returning int with e set */

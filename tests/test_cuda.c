@@ -355,15 +355,6 @@ static void base_config(TrainConfig *c, const char *backend, const char *out)
     snprintf(c->out, sizeof c->out, "%s", out);
 }
 
-static void train_ok(const TrainConfig *c, int want)
-{
-    Err e = {{0}};
-    int st = train_run(c, NULL, &e);
-    if (st != want)
-        fail_msg("train_run (backend %s) returned %d (want %d): %s", c->backend, st, want,
-                 e.msg);
-}
-
 static void ckpt_path(char *buf, size_t len, const char *dir)
 {
     snprintf(buf, len, "%s/checkpoint.safetensors", dir);
@@ -445,11 +436,11 @@ static void cross_resume(const char *first, const char *second)
     TrainConfig c;
     base_config(&c, first, straight);
     c.steps = 12;
-    train_ok(&c, TRAIN_STOPPED);
+    tu_train(&c, TRAIN_STOPPED);
 
     base_config(&c, first, part);
     c.steps = 8;
-    train_ok(&c, TRAIN_STOPPED);
+    tu_train(&c, TRAIN_STOPPED);
 
     ckpt_path(ck, sizeof ck, part);
     Err e = {{0}};
@@ -461,7 +452,7 @@ static void cross_resume(const char *first, const char *second)
         fail_msg("resume %s's checkpoint on %s: %s", first, second, e.msg);
     assert_string_equal(c.backend, second);
     c.steps = 12;
-    train_ok(&c, TRAIN_STOPPED);
+    tu_train(&c, TRAIN_STOPPED);
 
     TuCheckpoint s, r, p;
     tu_checkpoint_load(&s, straight, &c);

@@ -50,14 +50,6 @@ static void base_config(TrainConfig *c, const char *backend, const char *out)
 }
 
 
-static void train_ok(const TrainConfig *c, int want)
-{
-    Err e = {{0}};
-    int st = train_run(c, NULL, &e);
-    if (st != want)
-        fail_msg("train_run returned %d (want %d): %s", st, want, e.msg);
-}
-
 static void resume_case(const char *backend, int64_t stop_step, int epochs)
 {
     char *root = tu_tempdir("resume");
@@ -99,13 +91,13 @@ static void test_same_seed_same_run(void **s)
     TrainConfig c;
     base_config(&c, "cpu", a);
     c.epochs = 1;
-    train_ok(&c, TRAIN_DONE);
+    tu_train(&c, TRAIN_DONE);
     snprintf(c.out, sizeof c.out, "%s", b);
-    train_ok(&c, TRAIN_DONE);
+    tu_train(&c, TRAIN_DONE);
     tu_assert_same_run(a, b, &c);
     c.seed = 6;
     snprintf(c.out, sizeof c.out, "%s", c3);
-    train_ok(&c, TRAIN_DONE);
+    tu_train(&c, TRAIN_DONE);
     TuCheckpoint x, y;
     tu_checkpoint_load(&x, a, &c);
     tu_checkpoint_load(&y, c3, &c);
@@ -123,7 +115,7 @@ static void test_log(void **s)
     TrainConfig c;
     base_config(&c, "cpu", root);
     c.epochs = 2;
-    train_ok(&c, TRAIN_DONE);
+    tu_train(&c, TRAIN_DONE);
     char path[4200];
     snprintf(path, sizeof path, "%s/log.jsonl", root);
     char *text = tu_read_file(path, NULL);
@@ -170,7 +162,7 @@ static void test_memorizes_256_images(void **s)
                         "forward=shake", "backward=shake"};
     for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
         assert_int_equal(config_set(&c, kv[i], &e), 0);
-    train_ok(&c, TRAIN_DONE);
+    tu_train(&c, TRAIN_DONE);
     char ck[4200];
     snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", dir);
     EvalResult r;

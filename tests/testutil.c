@@ -226,7 +226,7 @@ void tu_assert_same_run(const char *a, const char *b, const TrainConfig *c)
     tu_checkpoint_free(&y);
 }
 
-static void tu_train(const TrainConfig *c, int want)
+void tu_train(const TrainConfig *c, int want)
 {
     Err e = {{0}};
     int st = train_run(c, NULL, &e);

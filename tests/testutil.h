@@ -70,6 +70,10 @@ void tu_checkpoint_free(TuCheckpoint *l);
  * epoch, and bit for bit the parameters, statistics and momentum. */
 void tu_assert_same_run(const char *a, const char *b, const TrainConfig *c);
 
+/* train_run(c) must end with status want; fails the test naming the backend
+ * and the error otherwise. */
+void tu_train(const TrainConfig *c, int want);
+
 /*
  * Bit-exact resume: c (its out ignored) trained straight into root/straight,
  * stopped after stop_step steps into root/part, resumed from that
