@@ -38,8 +38,10 @@
  * Invariants: every buffer is sized for max_batch at create(); backward()
  * needs the activations of the last forward, a training forward with the
  * same n; gradients are overwritten by each backward (each parameter is used
- * once per step). All work is queued on one stream; calls that return data
- * to the host synchronize it. A captured graph holds buffer addresses, so
+ * once per step). All work is queued on the main stream, but for each
+ * block's second branch, which runs beside the first on a second stream
+ * (see Lane); calls that return data to the host synchronize the main
+ * stream, which has waited for the second by then. A captured graph holds buffer addresses, so
  * every reallocation drops it (graph_drop).
  */
 #include <cublas_v2.h>
@@ -882,6 +884,7 @@ typedef struct {
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
     AlgoList fwd, bwd_data, bwd_filter;
+    int lane;                   /* the lane it runs on: handle and workspace */
     int n;                      /* batch the descriptors and algorithms are for; 0: none */
     size_t slot;                /* element offset of its weights in Wc and Gc */
     /* the algorithms of the last few batch sizes: training's full and last
@@ -901,6 +904,7 @@ static size_t conv_weights(const ConvDesc *d)
 
 typedef struct {
     const BnDesc *d;
+    int lane;                   /* the lane its kernels run on */
     float *mean, *rstd;         /* batch statistics, saved for backward (c) */
     float *scale;               /* gamma * rstd, batch or running (c) */
     int train;                  /* what the last bn_forward computed */
@@ -917,6 +921,28 @@ typedef struct {
     Bn bn[2][3], sc_bn;
 } Blk;
 
+/*
+ * A lane: a stream and what work queued on it needs to itself. The two
+ * branches of a block are independent until their combination, so branch 1
+ * runs on lane 1 while branch 0 runs on lane 0 (the main stream), forked
+ * from it and joined back with events (lane_wait); in a captured graph
+ * they are two parallel paths. The layers of the later stages are too small
+ * to fill a large GPU alone; two at a time fill more of it. Each lane has
+ * its own cuDNN handle, workspace and scratch, so nothing is shared while
+ * they run; the results are the same bit for bit as with one stream
+ * (SHAKE_CUDA_STREAMS=1 keeps everything on lane 0).
+ */
+typedef struct {
+    cudaStream_t stream;
+    cudnnHandle_t dnn;          /* bound to stream */
+    void *ws;                   /* cuDNN workspace */
+    size_t ws_size;
+    double *part;               /* batch-norm partial sums */
+    float *k1, *k2, *k3;        /* batch-norm backward coefficients (max channels) */
+    void *dc, *dact;            /* backward scratch, max_act elements each */
+    cudaEvent_t mark;           /* recorded where the other lane waits for this one */
+} Lane;
+
 /* pinned slots for the steps' variables: a slot is reused once its copy is done */
 enum { VARS_RING = 64 };
 
@@ -924,8 +950,9 @@ struct Backend {
     const Model *m;
     int max_batch, device, use_bf16;
     size_t esize;               /* bytes per activation element */
-    cudaStream_t stream;
-    cudnnHandle_t dnn;
+    cudaStream_t stream;        /* the main stream, lane[0]'s */
+    Lane lane[2];
+    int nlanes;                 /* 2, or 1 with SHAKE_CUDA_STREAMS=1 */
     cublasHandle_t blas;
     cudnnDataType_t dtype;
     float *P, *G, *M, *S;       /* params, grads, momentum (nparams); state (nstate) */
@@ -936,10 +963,6 @@ struct Backend {
     ConvSeg *segs;              /* (nconvs) where each conv's weights are */
     size_t seg_max;             /* the most weights of one conv */
     float *bn_arena;
-    double *part;               /* batch-norm partial sums */
-    float *k1, *k2, *k3;        /* batch-norm backward coefficients (max channels) */
-    void *ws;                   /* cuDNN workspace */
-    size_t ws_size;
     float *x_stage;             /* host images, NCHW float */
     void *xin;                  /* the images, NHWC */
     Conv stem_conv;
@@ -948,8 +971,8 @@ struct Backend {
     Blk *blk;
     float *pooled, *dpooled, *logits, *dlogits;
     float *alpha, *beta, *half;
-    /* backward scratch, each max_act elements */
-    void *g[2], *dr, *dc, *dact, *dp1, *dp2, *s0, *s1;
+    /* backward scratch, each max_act elements (and each lane's dc, dact) */
+    void *g[2], *dr, *dp1, *dp2, *s0, *s1;
     size_t max_act;
     int max_c;
     int nconvs;
@@ -1062,8 +1085,10 @@ static void layout_acts(Backend *be, Carver *cv)
     be->g[0] = carve(cv, be->max_act * E);
     be->g[1] = carve(cv, be->max_act * E);
     be->dr = carve(cv, be->max_act * E);
-    be->dc = carve(cv, be->max_act * E);
-    be->dact = carve(cv, be->max_act * E);
+    for (int l = 0; l < be->nlanes; l++) {
+        be->lane[l].dc = carve(cv, be->max_act * E);
+        be->lane[l].dact = carve(cv, be->max_act * E);
+    }
     be->dp1 = carve(cv, be->max_act * E);
     be->dp2 = carve(cv, be->max_act * E);
     be->s0 = carve(cv, be->max_act * E);
@@ -1217,17 +1242,17 @@ static void graph_drop(Backend *be)
     be->eval_warm = 0;
 }
 
-static int grow_workspace(Backend *be, size_t need, Err *e)
+static int grow_workspace(Backend *be, Lane *ln, size_t need, Err *e)
 {
-    if (need <= be->ws_size)
+    if (need <= ln->ws_size)
         return 0;
     graph_drop(be);
-    CK(cudaStreamSynchronize(be->stream));
-    CK(cudaFree(be->ws));
-    be->ws = NULL;
-    be->ws_size = 0;
-    TRY(dev_alloc(be, &be->ws, need, "the cuDNN workspace", e));
-    be->ws_size = need;
+    CK(cudaStreamSynchronize(ln->stream));
+    CK(cudaFree(ln->ws));
+    ln->ws = NULL;
+    ln->ws_size = 0;
+    TRY(dev_alloc(be, &ln->ws, need, "the cuDNN workspace", e));
+    ln->ws_size = need;
     return 0;
 }
 
@@ -1286,7 +1311,8 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     WIDEST_MATH();
     size_t need = 0;
     int got = 0;
-    cudnnHandle_t h = be->dnn;
+    Lane *ln = &be->lane[cv->lane];
+    cudnnHandle_t h = ln->dnn;
     /* with be->find, the candidates as cuDNN timed them, fastest first */
     if (be->find)
         TRY(find_scratch(be, e));
@@ -1335,7 +1361,7 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     };
     FILL_ALGOS(cv->bwd_filter, pw, got, bwd_filter_ok, filter_ws);
 #undef WIDEST_MATH
-    TRY(grow_workspace(be, need, e));
+    TRY(grow_workspace(be, ln, need, e));
     cv->n = n;
     const int slot = cv->plan_next;
     cv->plan_next = (slot + 1) % PLANS;
@@ -1351,7 +1377,7 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
                 be->use_bf16 ? "bf16" : "fp32", cv->fwd.algo[0], (int)cv->fwd.math[0],
                 cv->bwd_data.algo[0], (int)cv->bwd_data.math[0], cv->bwd_filter.algo[0],
                 (int)cv->bwd_filter.math[0], cv->fwd.count, cv->bwd_data.count,
-                cv->bwd_filter.count, be->ws_size);
+                cv->bwd_filter.count, ln->ws_size);
     return 0;
 }
 
@@ -1389,10 +1415,11 @@ static const void *weights(const Backend *be, const Conv *cv)
 static int conv_forward(Backend *be, void *y, const void *x, Conv *cv, int n, Err *e)
 {
     TRY(conv_prepare(be, cv, n, e));
+    const Lane *ln = &be->lane[cv->lane];
     const float one = 1.0f, zero = 0.0f;
     RUN_ALGOS(cv->fwd, "forward",
-              cudnnConvolutionForward(be->dnn, &one, cv->x, x, cv->w, weights(be, cv), cv->conv,
-                                      (cudnnConvolutionFwdAlgo_t)algo, be->ws, be->ws_size, &zero,
+              cudnnConvolutionForward(ln->dnn, &one, cv->x, x, cv->w, weights(be, cv), cv->conv,
+                                      (cudnnConvolutionFwdAlgo_t)algo, ln->ws, ln->ws_size, &zero,
                                       cv->y, y));
     return 0;
 }
@@ -1402,11 +1429,12 @@ static int conv_backward_data(Backend *be, void *dx, const void *dy, Conv *cv, i
                               int accumulate, Err *e)
 {
     TRY(conv_prepare(be, cv, n, e));
+    const Lane *ln = &be->lane[cv->lane];
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     RUN_ALGOS(cv->bwd_data, "backward data",
-              cudnnConvolutionBackwardData(be->dnn, &one, cv->w, weights(be, cv), cv->y, dy,
-                                           cv->conv, (cudnnConvolutionBwdDataAlgo_t)algo, be->ws,
-                                           be->ws_size, &beta, cv->x, dx));
+              cudnnConvolutionBackwardData(ln->dnn, &one, cv->w, weights(be, cv), cv->y, dy,
+                                           cv->conv, (cudnnConvolutionBwdDataAlgo_t)algo, ln->ws,
+                                           ln->ws_size, &beta, cv->x, dx));
     return 0;
 }
 
@@ -1415,31 +1443,35 @@ static int conv_backward_filter(Backend *be, const void *x, const void *dy, Conv
                                 Err *e)
 {
     TRY(conv_prepare(be, cv, n, e));
+    const Lane *ln = &be->lane[cv->lane];
     const float one = 1.0f, zero = 0.0f;
     void *dw = (char *)be->Gc + cv->slot * be->esize;
     RUN_ALGOS(cv->bwd_filter, "backward filter",
-              cudnnConvolutionBackwardFilter(be->dnn, &one, cv->x, x, cv->y, dy, cv->conv,
-                                             (cudnnConvolutionBwdFilterAlgo_t)algo, be->ws,
-                                             be->ws_size, &zero, cv->w, dw));
+              cudnnConvolutionBackwardFilter(ln->dnn, &one, cv->x, x, cv->y, dy, cv->conv,
+                                             (cudnnConvolutionBwdFilterAlgo_t)algo, ln->ws,
+                                             ln->ws_size, &zero, cv->w, dw));
     return 0;
 }
 
 /* ---- launch helpers: one place where precision picks the kernel ---- */
 
-/* Launches kernel<T> for the precision's element type on (grid, block);
- * inside the argument list, T names that type (tp<T>(p) views an
- * activation buffer as T *). LAUNCH: one thread per element of count. */
-#define LAUNCH_ON(kernel, grid, block, ...)                                  \
+/* Launches kernel<T> for the precision's element type on (grid, block),
+ * on stream s (LAUNCH_ON_S) or the main stream; inside the argument list,
+ * T names that type (tp<T>(p) views an activation buffer as T *). LAUNCH:
+ * one thread per element of count. */
+#define LAUNCH_ON_S(s, kernel, grid, block, ...)                             \
     do {                                                                     \
         if (be->use_bf16) {                                                  \
             typedef bf16 T;                                                  \
-            KERNEL(kernel<T>, grid, block, be->stream)(__VA_ARGS__);         \
+            KERNEL(kernel<T>, grid, block, s)(__VA_ARGS__);                  \
         } else {                                                             \
             typedef float T;                                                 \
-            KERNEL(kernel<T>, grid, block, be->stream)(__VA_ARGS__);         \
+            KERNEL(kernel<T>, grid, block, s)(__VA_ARGS__);                  \
         }                                                                    \
         CKLAUNCH();                                                          \
     } while (0)
+#define LAUNCH_ON(kernel, grid, block, ...) \
+    LAUNCH_ON_S(be->stream, kernel, grid, block, __VA_ARGS__)
 #define LAUNCH(kernel, count, ...) \
     LAUNCH_ON(kernel, blocks_for(count), THREADS, __VA_ARGS__)
 
@@ -1461,29 +1493,32 @@ static int packable(const Backend *be, int c, const void *p0, const void *p1 = N
 
 /* kernel<P> with P = Pack<T, V>, T the element type in scope: V = 16 /
  * sizeof(T) elements a thread where pack (packable) says so, else one;
- * count elements in all. LAUNCH_PACKED: T the precision's element type,
- * which the argument list may name. */
-#define LAUNCH_PACKS(kernel, count, pack, ...)                                       \
+ * count elements in all, on stream s. LAUNCH_PACKED(_S): T the
+ * precision's element type, which the argument list may name; on the main
+ * stream or s. */
+#define LAUNCH_PACKS(s, kernel, count, pack, ...)                                    \
     do {                                                                             \
         if (pack) {                                                                  \
             typedef Pack<T, 16 / sizeof(T)> P;                                       \
-            KERNEL(kernel<P>, blocks_for((count) / P::V), THREADS, be->stream)(__VA_ARGS__); \
+            KERNEL(kernel<P>, blocks_for((count) / P::V), THREADS, s)(__VA_ARGS__);  \
         } else {                                                                     \
             typedef Pack<T, 1> P;                                                    \
-            KERNEL(kernel<P>, blocks_for(count), THREADS, be->stream)(__VA_ARGS__);  \
+            KERNEL(kernel<P>, blocks_for(count), THREADS, s)(__VA_ARGS__);           \
         }                                                                            \
         CKLAUNCH();                                                                  \
     } while (0)
-#define LAUNCH_PACKED(kernel, count, pack, ...)                   \
+#define LAUNCH_PACKED_S(s, kernel, count, pack, ...)              \
     do {                                                          \
         if (be->use_bf16) {                                       \
             typedef bf16 T;                                       \
-            LAUNCH_PACKS(kernel, count, pack, __VA_ARGS__);       \
+            LAUNCH_PACKS(s, kernel, count, pack, __VA_ARGS__);    \
         } else {                                                  \
             typedef float T;                                      \
-            LAUNCH_PACKS(kernel, count, pack, __VA_ARGS__);       \
+            LAUNCH_PACKS(s, kernel, count, pack, __VA_ARGS__);    \
         }                                                         \
     } while (0)
+#define LAUNCH_PACKED(kernel, count, pack, ...) \
+    LAUNCH_PACKED_S(be->stream, kernel, count, pack, __VA_ARGS__)
 
 template <typename T> static T *tp(void *p) { return (T *)p; }
 template <typename T> static const T *tp(const void *p) { return (const T *)p; }
@@ -1540,8 +1575,9 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
 {
     const BnDesc *d = bn->d;
     const int c = d->c;
+    const Lane *ln = &be->lane[bn->lane];
     if (!train) {
-        KERNEL(bn_eval_kernel, blocks_for(c), THREADS, be->stream)(bn->scale, be->P + d->gamma,
+        KERNEL(bn_eval_kernel, blocks_for(c), THREADS, ln->stream)(bn->scale, be->P + d->gamma,
                                                                    be->S + d->var, c);
         CKLAUNCH();
         bn->train = 0;
@@ -1549,10 +1585,11 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
     }
     unsigned chunks = bn_chunks(be, rows, c);
     dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
-    LAUNCH_ON(bn_stats_partial_kernel, grid, block, be->part, tp<T>(x), rows, c, (int)chunks);
+    LAUNCH_ON_S(ln->stream, bn_stats_partial_kernel, grid, block, ln->part, tp<T>(x), rows, c,
+                (int)chunks);
     const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
-    KERNEL(bn_stats_final_kernel, fgrid, fblock, be->stream)(
-        bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, be->part, (int)chunks, c,
+    KERNEL(bn_stats_final_kernel, fgrid, fblock, ln->stream)(
+        bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, ln->part, (int)chunks, c,
         (double)rows, be->P + d->gamma);
     CKLAUNCH();
     bn->train = 1;
@@ -1570,8 +1607,8 @@ static int bn_apply(Backend *be, void *y, const void *x, const Bn *bn, size_t ro
                     Err *e)
 {
     const int c = bn->d->c;
-    LAUNCH_PACKED(bn_apply_kernel, rows * c, packable(be, c, y, x), tp<T>(y), tp<T>(x),
-                  affine(be, bn), rows, c, relu);
+    LAUNCH_PACKED_S(be->lane[bn->lane].stream, bn_apply_kernel, rows * c, packable(be, c, y, x),
+                    tp<T>(y), tp<T>(x), affine(be, bn), rows, c, relu);
     return 0;
 }
 
@@ -1586,31 +1623,32 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
 {
     const BnDesc *bd = bn->d;
     const int c = bd->c;
+    const Lane *ln = &be->lane[bn->lane];
     DySource<T> src = {(const T *)d, (const T *)m, coef, one_minus, hw};
     unsigned chunks;
     if (bn_packed(be, c, x, d, m)) {
         typedef Pack<T, 16 / sizeof(T)> P;
         unsigned threads;
         chunks = bn_pack_shape(be, rows, c, &threads);
-        KERNEL(bn_grad_packed_kernel<P>, chunks, threads, be->stream)(be->part, src, (const T *)x,
+        KERNEL(bn_grad_packed_kernel<P>, chunks, threads, ln->stream)(ln->part, src, (const T *)x,
                                                                       bn->mean, rows, c,
                                                                       (int)chunks);
         CKLAUNCH();
     } else {
         chunks = bn_chunks(be, rows, c);
         dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
-        KERNEL(bn_grad_partial_kernel<T>, grid, block, be->stream)(be->part, src, (const T *)x,
+        KERNEL(bn_grad_partial_kernel<T>, grid, block, ln->stream)(ln->part, src, (const T *)x,
                                                                   bn->mean, rows, c,
                                                                   (int)chunks);
         CKLAUNCH();
     }
     const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
-    KERNEL(bn_grad_final_kernel, fgrid, fblock, be->stream)(
-        be->k1, be->k2, be->k3, be->G + bd->gamma, be->G + bd->beta, be->part, (int)chunks, c,
+    KERNEL(bn_grad_final_kernel, fgrid, fblock, ln->stream)(
+        ln->k1, ln->k2, ln->k3, be->G + bd->gamma, be->G + bd->beta, ln->part, (int)chunks, c,
         (double)rows, bn->rstd, be->P + bd->gamma);
     CKLAUNCH();
-    LAUNCH_PACKS(bn_grad_apply_kernel, rows * c, packable(be, c, dx, d, m, x), (T *)dx, src,
-                 (const T *)x, bn->mean, be->k1, be->k2, be->k3, rows, c);
+    LAUNCH_PACKS(ln->stream, bn_grad_apply_kernel, rows * c, packable(be, c, dx, d, m, x),
+                 (T *)dx, src, (const T *)x, bn->mean, ln->k1, ln->k2, ln->k3, rows, c);
     return 0;
 }
 
@@ -1630,11 +1668,14 @@ static void cuda_destroy(Backend *be)
     if (be->stream) {           /* else the device was never set (or was bad) */
         cudaSetDevice(be->device);
         cudaStreamSynchronize(be->stream);
+        if (be->lane[1].stream)
+            cudaStreamSynchronize(be->lane[1].stream);
     }
     for (int i = 0; i < be->nconvs; i++)
         conv_destroy(be->convs[i]);
     void *bufs[] = {be->P,  be->G,       be->M,         be->S,      be->Wc,
-                    be->Gc, be->bn_arena, be->part,     be->k1,     be->ws,
+                    be->Gc, be->bn_arena, be->lane[0].part, be->lane[0].k1, be->lane[0].ws,
+                    be->lane[1].ws,
                     be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
                     be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws,
                     be->segs, be->find_x, be->find_y, be->find_w, be->find_ws};
@@ -1650,11 +1691,18 @@ static void cuda_destroy(Backend *be)
     }
     if (be->blas)               /* before its workspace goes */
         cublasDestroy(be->blas);
-    if (be->dnn)
-        cudnnDestroy(be->dnn);
+    for (int l = 0; l < 2; l++) {
+        Lane *ln = &be->lane[l];
+        if (ln->dnn)
+            cudnnDestroy(ln->dnn);
+        if (ln->mark)
+            cudaEventDestroy(ln->mark);
+    }
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             cudaFree(bufs[i]);
+    if (be->lane[1].stream)
+        cudaStreamDestroy(be->lane[1].stream);
     if (be->stream)
         cudaStreamDestroy(be->stream);
     /* nothing of this backend's may surface as a later call's error */
@@ -1699,8 +1747,23 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     /* a blocking stream: ordered after the default stream's copies and sets
      * (load, store, set_data use those) */
     CK(cudaStreamCreate(&be->stream));
-    CKDNN(cudnnCreate(&be->dnn));
-    CKDNN(cudnnSetStream(be->dnn, be->stream));
+    /* SHAKE_CUDA_STREAMS: 2 (a block's branches side by side) or 1 */
+    const char *streams = getenv("SHAKE_CUDA_STREAMS");
+    be->nlanes = 2;
+    if (streams) {
+        if (strcmp(streams, "1") != 0 && strcmp(streams, "2") != 0)
+            return err_set(e, "SHAKE_CUDA_STREAMS=%s: 1 or 2", streams);
+        be->nlanes = streams[0] - '0';
+    }
+    be->lane[0].stream = be->stream;
+    if (be->nlanes == 2)
+        CK(cudaStreamCreate(&be->lane[1].stream));
+    for (int l = 0; l < be->nlanes; l++) {
+        Lane *ln = &be->lane[l];
+        CKDNN(cudnnCreate(&ln->dnn));
+        CKDNN(cudnnSetStream(ln->dnn, ln->stream));
+        CK(cudaEventCreateWithFlags(&ln->mark, cudaEventDisableTiming));
+    }
     CKBLAS(cublasCreate(&be->blas));
     CKBLAS(cublasSetStream(be->blas, be->stream));
     /* fp32 classifier for both precisions: no TF32 */
@@ -1774,8 +1837,10 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     for (int b = 0; b < m->nblocks; b++) {
         const BlockDesc *B = &m->blocks[b];
         for (int k = 0; k < 2; k++)
-            for (int j = 0; j < B->nconv; j++)
+            for (int j = 0; j < B->nconv; j++) {
                 TRY(conv_init(be, &be->blk[b].conv[k][j], &B->conv[k][j], e));
+                be->blk[b].conv[k][j].lane = k < be->nlanes ? k : 0;
+            }
         if (B->proj)
             for (int p = 0; p < B->nsc; p++)
                 TRY(conv_init(be, &be->blk[b].sc[p], &B->sc[p], e));
@@ -1820,12 +1885,22 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     TRY(dev_alloc(be, (void **)&be->bn_arena, cv.used, "batch-norm statistics", e));
     cv = (Carver){(char *)be->bn_arena, 0};
     layout_bns(be, &cv);
-    TRY(dev_alloc(be, (void **)&be->part, (size_t)BN_MAX_CHUNKS * 2 * max_c * sizeof(double),
+    for (int b = 0; b < m->nblocks; b++)
+        for (int j = 0; j < m->blocks[b].nconv; j++)
+            be->blk[b].bn[1][j].lane = be->blk[b].conv[1][j].lane;
+    /* each lane's batch-norm scratch, in one buffer of each kind */
+    const size_t part = (size_t)BN_MAX_CHUNKS * 2 * max_c;
+    TRY(dev_alloc(be, (void **)&be->lane[0].part, be->nlanes * part * sizeof(double),
                   "batch-norm partial sums", e));
-    TRY(dev_alloc(be, (void **)&be->k1, (size_t)3 * max_c * sizeof(float),
+    TRY(dev_alloc(be, (void **)&be->lane[0].k1, be->nlanes * 3 * (size_t)max_c * sizeof(float),
                   "batch-norm coefficients", e));
-    be->k2 = be->k1 + max_c;
-    be->k3 = be->k2 + max_c;
+    for (int l = 0; l < be->nlanes; l++) {
+        Lane *ln = &be->lane[l];
+        ln->part = be->lane[0].part + l * part;
+        ln->k1 = be->lane[0].k1 + (size_t)l * 3 * max_c;
+        ln->k2 = ln->k1 + max_c;
+        ln->k3 = ln->k2 + max_c;
+    }
     TRY(dev_alloc(be, (void **)&be->x_stage,
                   (size_t)N * m->spec.in_c * m->spec.in_h * m->spec.in_w * 4, "input images", e));
     cv = (Carver){NULL, 0};
@@ -1988,6 +2063,17 @@ static int cuda_store(Backend *be, float *params, float *state, float *momentum,
 
 /* ---- forward ---- */
 
+/* Lane `to` waits (on the device) for what lane `from` has queued so far:
+ * a fork (to = 1) or a join (to = 0); nothing with one lane. */
+static int lane_wait(Backend *be, int to, int from, Err *e)
+{
+    if (be->nlanes < 2)
+        return 0;
+    CK(cudaEventRecord(be->lane[from].mark, be->lane[from].stream));
+    CK(cudaStreamWaitEvent(be->lane[to].stream, be->lane[from].mark, 0));
+    return 0;
+}
+
 static int block_forward(Backend *be, int b, const void *x, const float *coef, int n, int train,
                          Err *e)
 {
@@ -2007,6 +2093,8 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
                           tp<T>(x), in_count);
         bin = K->r;
     }
+    /* the branches, each on its lane; the shortcut on the main one */
+    TRY(lane_wait(be, 1, 0, e));
     for (int k = 0; k < 2; k++) {
         const void *h = bin;
         for (int j = 0; j < B->nconv; j++) {
@@ -2036,6 +2124,7 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
         }
         TRY(bn_forward(be, &K->sc_bn, K->cat, orows, train, e));
     }
+    TRY(lane_wait(be, 0, 1, e));
     const Bn *b0 = &K->bn[0][last], *b1 = &K->bn[1][last];
     const BnAffine no_bn = {NULL, NULL, NULL};
     void *out_relu = resnet && b + 1 < m->nblocks ? be->blk[b + 1].r : NULL;
@@ -2144,8 +2233,8 @@ static int forward_enqueue(Backend *be, int n, int train, Err *e)
 
 /*
  * The gradient of block_forward. g (n, oh, ow, cout): d(out); dx (n, ih, iw,
- * cin) = d(x), overwritten; beta (n) on the device. Uses be->dc, be->dact,
- * be->dr, be->dp1, be->dp2, be->s0, be->s1 as scratch.
+ * cin) = d(x), overwritten; beta (n) on the device. Uses the lanes' dc and
+ * dact, be->dr, be->dp1, be->dp2, be->s0, be->s1 as scratch.
  */
 static int block_backward(Backend *be, int b, void *dx, const void *g, const void *x,
                           const float *beta, int n, Err *e)
@@ -2164,31 +2253,40 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     const void *bin = resnet ? K->r : x;
     void *dbin = resnet ? be->dr : dx;
 
+    /* the branches, each on its lane; branch 1 adds its input gradient to
+     * branch 0's once that is written */
+    TRY(lane_wait(be, 1, 0, e));
     for (int k = 0; k < 2; k++) {
+        const Lane *ln = &be->lane[K->conv[k][0].lane];
         for (int j = last; j >= 0; j--) {
             const ConvDesc *c = &B->conv[k][j];
             const size_t rows = (size_t)n * c->oh * c->ow;
             if (j == last) /* branch k gets beta * g (k = 0) or (1 - beta) * g (k = 1) */
-                TRY(bn_backward(be, be->dc, g, mask, beta, k == 1, ohw, K->c[k][j], &K->bn[k][j],
+                TRY(bn_backward(be, ln->dc, g, mask, beta, k == 1, ohw, K->c[k][j], &K->bn[k][j],
                                 rows, e));
             else           /* through relu(bn(c)) */
-                TRY(bn_backward(be, be->dc, be->dact, K->act[k][j], NULL, 0, 1, K->c[k][j],
+                TRY(bn_backward(be, ln->dc, ln->dact, K->act[k][j], NULL, 0, 1, K->c[k][j],
                                 &K->bn[k][j], rows, e));
             const void *in = j > 0 ? K->act[k][j - 1] : bin;
-            TRY(conv_backward_filter(be, in, be->dc, &K->conv[k][j], n, e));
-            if (j > 0)
-                TRY(conv_backward_data(be, be->dact, be->dc, &K->conv[k][j], n, 0, e));
-            else
-                TRY(conv_backward_data(be, dbin, be->dc, &K->conv[k][j], n, k == 1, e));
+            TRY(conv_backward_filter(be, in, ln->dc, &K->conv[k][j], n, e));
+            if (j > 0) {
+                TRY(conv_backward_data(be, ln->dact, ln->dc, &K->conv[k][j], n, 0, e));
+            } else {
+                if (k == 1)
+                    TRY(lane_wait(be, 1, 0, e));
+                TRY(conv_backward_data(be, dbin, ln->dc, &K->conv[k][j], n, k == 1, e));
+            }
         }
     }
+    TRY(lane_wait(be, 0, 1, e));
+    void *dc = be->lane[0].dc;
 
     if (resnet) {
         if (B->proj) {
             const int ca = B->sc[0].cout, cb = B->sc[1].cout;
-            TRY(bn_backward(be, be->dc, g, NULL, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
+            TRY(bn_backward(be, dc, g, NULL, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
             LAUNCH(split_kernel, orows * B->cout, tp<T>(be->s0), tp<T>(be->s1),
-                   tp<T>((const void *)be->dc), orows, ca, cb);
+                   tp<T>((const void *)dc), orows, ca, cb);
             TRY(conv_backward_filter(be, K->p1, be->s0, &K->sc[0], n, e));
             TRY(conv_backward_filter(be, K->p2, be->s1, &K->sc[1], n, e));
             TRY(conv_backward_data(be, be->dp1, be->s0, &K->sc[0], n, 0, e));
@@ -2203,9 +2301,9 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
         LAUNCH_PACKED(relu_backward_add_kernel, in_count, packable(be, B->cin, dx, be->dr, x, gi),
                       tp<T>(dx), tp<T>((const void *)be->dr), tp<T>(x), tp<T>(gi), in_count);
     } else if (B->proj) {
-        TRY(bn_backward(be, be->dc, g, mask, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
-        TRY(conv_backward_filter(be, x, be->dc, &K->sc[0], n, e));
-        TRY(conv_backward_data(be, dx, be->dc, &K->sc[0], n, 1, e));
+        TRY(bn_backward(be, dc, g, mask, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
+        TRY(conv_backward_filter(be, x, dc, &K->sc[0], n, e));
+        TRY(conv_backward_data(be, dx, dc, &K->sc[0], n, 1, e));
     } else {
         LAUNCH(add_masked_kernel, in_count, tp<T>(dx), tp<T>(g), tp<T>((const void *)K->out),
                in_count);
@@ -2268,9 +2366,10 @@ static int backward_enqueue(Backend *be, int n, Err *e)
     /* stem: relu (resnext) and batch norm, then the filter gradient only */
     const ConvDesc *sc = &m->stem_conv;
     const size_t srows = (size_t)n * sc->oh * sc->ow;
-    TRY(bn_backward(be, be->dc, be->g[cur], m->stem_relu ? be->stem_out : NULL, NULL, 0, 1,
+    void *dc = be->lane[0].dc;
+    TRY(bn_backward(be, dc, be->g[cur], m->stem_relu ? be->stem_out : NULL, NULL, 0, 1,
                     be->stem_c, &be->stem_bn, srows, e));
-    TRY(conv_backward_filter(be, be->xin, be->dc, &be->stem_conv, n, e));
+    TRY(conv_backward_filter(be, be->xin, dc, &be->stem_conv, n, e));
 
     /* the filter gradients into the float arena, where the update reads them */
     const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nconvs);

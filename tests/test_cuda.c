@@ -125,8 +125,8 @@ static void test_parity(void **ctx)
 /*
  * SHAKE_CUDA_FIND=1 (cuDNN times the candidates and the fastest come
  * first) computes the same function: a ResNet in fp32 and a ResNeXt in
- * bf16 within the parity bounds. And SHAKE_CUDA_BN_CHUNKS outside 1..512
- * is refused by name.
+ * bf16 within the parity bounds. And SHAKE_CUDA_BN_CHUNKS outside 1..512,
+ * SHAKE_CUDA_STREAMS other than 1 or 2, are refused by name.
  */
 static void test_tuning_knobs(void **ctx)
 {
@@ -149,19 +149,24 @@ static void test_tuning_knobs(void **ctx)
     Err e = {{0}};
     if (model_build(&m, &spec, &e))
         fail_msg("%s", e.msg);
-    const char *bad[] = {"0", "513", "many", "12x"};
+    const struct {
+        const char *knob, *value;
+    } bad[] = {{"SHAKE_CUDA_BN_CHUNKS", "0"},    {"SHAKE_CUDA_BN_CHUNKS", "513"},
+               {"SHAKE_CUDA_BN_CHUNKS", "many"}, {"SHAKE_CUDA_BN_CHUNKS", "12x"},
+               {"SHAKE_CUDA_STREAMS", "0"},      {"SHAKE_CUDA_STREAMS", "3"},
+               {"SHAKE_CUDA_STREAMS", "two"},    {"SHAKE_CUDA_STREAMS", ""}};
     for (size_t j = 0; j < sizeof bad / sizeof bad[0]; j++) {
-        setenv("SHAKE_CUDA_BN_CHUNKS", bad[j], 1);
+        setenv(bad[j].knob, bad[j].value, 1);
         BackendOptions o = {4, 2, 0, PRECISION_FP32};
         e = (Err){{0}};
         Backend *be = cuda->create(&m, &o, &e);
-        unsetenv("SHAKE_CUDA_BN_CHUNKS");
+        unsetenv(bad[j].knob);
         if (be) {
             cuda->destroy(be);
-            fail_msg("SHAKE_CUDA_BN_CHUNKS=%s was accepted", bad[j]);
+            fail_msg("%s=%s was accepted", bad[j].knob, bad[j].value);
         }
-        if (!strstr(e.msg, "SHAKE_CUDA_BN_CHUNKS"))
-            fail_msg("SHAKE_CUDA_BN_CHUNKS=%s: the error does not name it: %s", bad[j], e.msg);
+        if (!strstr(e.msg, bad[j].knob))
+            fail_msg("%s=%s: the error does not name it: %s", bad[j].knob, bad[j].value, e.msg);
     }
     model_free(&m);
 }
@@ -687,13 +692,17 @@ static void step_run_free(StepRun *r)
     free(r->eval);
 }
 
+/* graphs and streams: SHAKE_CUDA_GRAPHS and SHAKE_CUDA_STREAMS */
 static void run_device_steps(const Model *m, const Dataset *d, const float *p0, const float *s0,
-                             Precision prec, const char *graphs, StepRun *r)
+                             Precision prec, const char *graphs, const char *streams,
+                             StepRun *r)
 {
     setenv("SHAKE_CUDA_GRAPHS", graphs, 1);
+    setenv("SHAKE_CUDA_STREAMS", streams, 1);
     BackendOptions o = {DS_B, 2, 0, prec};
     Backend *be = compare_create(cuda, m, &o, DS_B);
     unsetenv("SHAKE_CUDA_GRAPHS");
+    unsetenv("SHAKE_CUDA_STREAMS");
     COMPARE_OK(cuda->load(be, p0, s0, NULL, ep));
     /* the training images double as the evaluation set */
     COMPARE_OK(cuda->set_data(be, d, d, ep));
@@ -801,12 +810,14 @@ static void device_step_case(Precision prec)
         fail_msg("%s", e.msg);
     float *p0 = malloc(m.nparams * 4), *s0 = malloc(m.nstate * 4);
     model_init(&m, 5, p0, s0);
-    StepRun g, q, h;
+    StepRun g, q, h, one;
     step_run_alloc(&g, &m);
     step_run_alloc(&q, &m);
     step_run_alloc(&h, &m);
-    run_device_steps(&m, &tr, p0, s0, prec, "require", &g);
-    run_device_steps(&m, &tr, p0, s0, prec, "0", &q);
+    step_run_alloc(&one, &m);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "2", &g);
+    run_device_steps(&m, &tr, p0, s0, prec, "0", "2", &q);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "1", &one);
     /* 6 full steps: 2 eager to warm up, then captured and replayed */
     if (g.graph_launches < 3)
         fail_msg("%s: %ld steps ran as a CUDA graph, expected 4", what, g.graph_launches);
@@ -828,6 +839,21 @@ static void device_step_case(Precision prec)
     compare_check("evaluation logits, graph against eager", what, g.eval, q.eval,
                   (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, 1e-6);
     assert_int_equal(g.wrong, q.wrong);
+    /* A block's branches on two streams (the default) against one: the
+     * same kernels on the same inputs, each lane with its own scratch, so
+     * the same bound; a lane overwriting the other's scratch, or a join
+     * missing, would be far off. The graphs with two lanes are two parallel
+     * paths: captured and replayed as often. */
+    compare_check("parameters, two streams against one", what, g.params, one.params, m.nparams,
+                  1e-6);
+    compare_check("running statistics, two streams against one", what, g.state, one.state,
+                  m.nstate, 1e-6);
+    compare_check("momentum, two streams against one", what, g.mom, one.mom, m.nparams, 1e-6);
+    compare_check("evaluation logits, two streams against one", what, g.eval, one.eval,
+                  (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, 1e-6);
+    assert_int_equal(g.wrong, one.wrong);
+    assert_int_equal(g.graph_launches, one.graph_launches);
+    assert_int_equal(g.eval_launches, one.eval_launches);
 
     run_host_steps(&m, &tr, p0, s0, prec, &h);
     /* Against the host path only the loss's exp and log run elsewhere
@@ -860,6 +886,7 @@ static void device_step_case(Precision prec)
     step_run_free(&g);
     step_run_free(&q);
     step_run_free(&h);
+    step_run_free(&one);
     free(p0);
     free(s0);
     model_free(&m);

@@ -53,6 +53,8 @@ typedef enum {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidDevice = 101,
     cudaErrorNoDevice = 100,
+    cudaErrorStreamCaptureUnjoined = 904,
+    cudaErrorStreamCaptureIsolation = 905,
 } cudaError_t;
 
 typedef enum {
@@ -75,6 +77,15 @@ typedef std::vector<std::function<void()>> EmuOps;
 
 struct EmuStream {
     EmuOps *capture;            /* recording into this while capturing */
+    /* while capturing: which capture (a number), the stream whose capture
+     * this one joined (NULL: its own), the streams that joined its capture
+     * (the origin's), and how many of its operations were recorded, and of
+     * those, how many another stream of the capture has waited for (all
+     * must be, at the end) */
+    unsigned long capture_id;
+    EmuStream *origin;
+    std::vector<EmuStream *> joined;
+    size_t ops, waited;
 };
 typedef EmuStream *cudaStream_t;
 
@@ -85,7 +96,11 @@ typedef EmuGraph *cudaGraph_t;
 typedef EmuGraph *cudaGraphExec_t;
 
 struct EmuEvent {
-    int unused;
+    /* its last record: the stream, the capture it was made in (0: none),
+     * and how many operations that stream had recorded by then */
+    EmuStream *stream;
+    unsigned long capture_id;
+    size_t ops;
 };
 typedef EmuEvent *cudaEvent_t;
 
@@ -108,9 +123,10 @@ inline cudaError_t emu_error(cudaError_t e)
 /* Runs op now, or records it where the stream is capturing. */
 inline void emu_enqueue(cudaStream_t s, std::function<void()> op)
 {
-    if (s && s->capture)
+    if (s && s->capture) {
         s->capture->push_back(std::move(op));
-    else
+        s->ops++;
+    } else
         op();
 }
 
@@ -187,6 +203,10 @@ inline const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorStreamCaptureUnjoined:
+        return "capture sequence contains a fork that was not joined to the primary stream";
+    case cudaErrorStreamCaptureIsolation:
+        return "dependency created on uncaptured work in another stream";
     }
     return "unknown error";
 }
@@ -288,7 +308,7 @@ inline cudaError_t cudaMemset(void *p, int v, size_t n)
 
 inline cudaError_t cudaStreamCreate(cudaStream_t *s)
 {
-    *s = new EmuStream{NULL};
+    *s = new EmuStream{NULL, 0, NULL, {}, 0, 0};
     return cudaSuccess;
 }
 
@@ -305,13 +325,57 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t s)
 
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned)
 {
-    *ev = new EmuEvent{0};
+    *ev = new EmuEvent{NULL, 0, 0};
     return cudaSuccess;
 }
 
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s)
+/*
+ * Streams run their work at once, in the order the host queues it: a
+ * serialization that every event order allows, so outside a capture an
+ * event orders nothing more. Inside one, as in CUDA: a stream that waits
+ * for an event recorded in a capturing stream joins that capture (its
+ * work is recorded into the same graph, in the order the host queued it),
+ * and the capture may only end once every joined stream's work has been
+ * waited for by another stream of the capture (else
+ * cudaErrorStreamCaptureUnjoined). A capturing stream may not wait for an
+ * event recorded outside its capture (cudaErrorStreamCaptureIsolation).
+ */
+inline unsigned long emu_captures;
+
+inline cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t s)
 {
-    return s && s->capture ? emu_error(cudaErrorInvalidValue) : cudaSuccess;
+    if (!ev)
+        return emu_error(cudaErrorInvalidValue);
+    ev->stream = s;
+    ev->capture_id = s && s->capture ? s->capture_id : 0;
+    ev->ops = s && s->capture ? s->ops : 0;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t ev, unsigned flags = 0)
+{
+    if (!ev || !s || flags != 0)
+        return emu_error(cudaErrorInvalidValue);
+    EmuStream *src = ev->stream;
+    /* recorded in a capture that is still going on */
+    const int live = ev->capture_id && src->capture && src->capture_id == ev->capture_id;
+    if (s->capture && !live)
+        return emu_error(cudaErrorStreamCaptureIsolation);
+    if (!live || src == s)
+        return cudaSuccess;
+    if (ev->ops > src->waited)
+        src->waited = ev->ops;
+    if (!s->capture) {
+        EmuStream *origin = src->origin ? src->origin : src;
+        s->capture = src->capture;
+        s->capture_id = src->capture_id;
+        s->origin = origin;
+        s->ops = s->waited = 0;
+        origin->joined.push_back(s);
+    } else if (s->capture != src->capture) {
+        return emu_error(cudaErrorInvalidValue);
+    }
+    return cudaSuccess;
 }
 
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
@@ -327,16 +391,34 @@ inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode)
     if (!s || s->capture)
         return emu_error(cudaErrorInvalidValue);
     s->capture = new EmuOps;
+    s->capture_id = ++emu_captures;
+    s->origin = NULL;
+    s->joined.clear();
+    s->ops = s->waited = 0;
     return cudaSuccess;
 }
 
+/* the capture ends either way: its streams leave it */
 inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
-    if (!s || !s->capture)
+    *g = NULL;
+    if (!s || !s->capture || s->origin)
         return emu_error(cudaErrorInvalidValue);
-    *g = new EmuGraph{std::move(*s->capture)};
-    delete s->capture;
+    int unjoined = 0;
+    for (EmuStream *j : s->joined) {
+        unjoined |= j->waited < j->ops;
+        j->capture = NULL;
+        j->origin = NULL;
+    }
+    s->joined.clear();
+    EmuOps *ops = s->capture;
     s->capture = NULL;
+    if (unjoined) {
+        delete ops;
+        return emu_error(cudaErrorStreamCaptureUnjoined);
+    }
+    *g = new EmuGraph{std::move(*ops)};
+    delete ops;
     return cudaSuccess;
 }
 
