@@ -38,10 +38,11 @@
  * Invariants: every buffer is sized for max_batch at create(); backward()
  * needs the activations of the last forward, a training forward with the
  * same n; gradients are overwritten by each backward (each parameter is used
- * once per step). All work is queued on the main stream, but for each
- * block's second branch, which runs beside the first on a second stream
- * (see Lane); calls that return data to the host synchronize the main
- * stream, which has waited for the second by then. A captured graph holds buffer addresses, so
+ * once per step). All work is queued on the main stream but a block's
+ * second branch, which runs beside the first on a second stream (and with
+ * four lanes the filter gradients, on two more; see Lane); calls that
+ * return data to the host synchronize the main stream, which has waited
+ * for the others by then. A captured graph holds buffer addresses, so
  * every reallocation drops it (graph_drop).
  */
 #include <cublas_v2.h>
@@ -885,6 +886,7 @@ typedef struct {
     cudnnConvolutionDescriptor_t conv;
     AlgoList fwd, bwd_data, bwd_filter;
     int lane;                   /* the lane it runs on: handle and workspace */
+    int wlane;                  /* the lane of its filter gradient */
     int n;                      /* batch the descriptors and algorithms are for; 0: none */
     size_t slot;                /* element offset of its weights in Wc and Gc */
     /* the algorithms of the last few batch sizes: training's full and last
@@ -926,21 +928,30 @@ typedef struct {
  * branches of a block are independent until their combination, so branch 1
  * runs on lane 1 while branch 0 runs on lane 0 (the main stream), forked
  * from it and joined back with events (lane_wait); in a captured graph
- * they are two parallel paths. The layers of the later stages are too small
- * to fill a large GPU alone; two at a time fill more of it. Each lane has
- * its own cuDNN handle, workspace and scratch, so nothing is shared while
- * they run; the results are the same bit for bit as with one stream
- * (SHAKE_CUDA_STREAMS=1 keeps everything on lane 0).
+ * they are parallel paths. The layers of the later stages are too small to
+ * fill a large GPU alone; two at a time fill more of it. With four lanes,
+ * each branch's filter gradients also leave its chain for a side lane
+ * (lane 2 for lane 0, lane 3 for lane 1): nothing in the backward waits for
+ * them but the end, where the update needs them, and a batch norm's
+ * backward that is about to overwrite the dc buffer one of them reads (two
+ * buffers a lane take turns). Each lane has its own cuDNN handle, workspace
+ * and scratch, so nothing is shared while they run; the results are the
+ * same bit for bit whatever the number of lanes (SHAKE_CUDA_STREAMS=1, 2
+ * or 4; 1 keeps everything on lane 0).
  */
 typedef struct {
     cudaStream_t stream;
     cudnnHandle_t dnn;          /* bound to stream */
     void *ws;                   /* cuDNN workspace */
     size_t ws_size;
+    /* a branch lane's scratch (lanes 0 and 1) */
     double *part;               /* batch-norm partial sums */
     float *k1, *k2, *k3;        /* batch-norm backward coefficients (max channels) */
-    void *dc, *dact;            /* backward scratch, max_act elements each */
-    cudaEvent_t mark;           /* recorded where the other lane waits for this one */
+    void *dc[2], *dact;         /* backward scratch, max_act elements each (dc[1]: four lanes) */
+    int dc_next;                /* the dc the next batch-norm backward takes */
+    int dc_read[2];             /* a filter gradient on the side lane reads dc[i], done at dc_free[i] */
+    cudaEvent_t mark;           /* recorded where another lane waits for this one */
+    cudaEvent_t dc_free[2];
 } Lane;
 
 /* pinned slots for the steps' variables: a slot is reused once its copy is done */
@@ -951,8 +962,8 @@ struct Backend {
     int max_batch, device, use_bf16;
     size_t esize;               /* bytes per activation element */
     cudaStream_t stream;        /* the main stream, lane[0]'s */
-    Lane lane[2];
-    int nlanes;                 /* 2, or 1 with SHAKE_CUDA_STREAMS=1 */
+    Lane lane[4];
+    int nlanes;                 /* SHAKE_CUDA_STREAMS: 1, 2 (the default) or 4 */
     cublasHandle_t blas;
     cudnnDataType_t dtype;
     float *P, *G, *M, *S;       /* params, grads, momentum (nparams); state (nstate) */
@@ -1085,9 +1096,11 @@ static void layout_acts(Backend *be, Carver *cv)
     be->g[0] = carve(cv, be->max_act * E);
     be->g[1] = carve(cv, be->max_act * E);
     be->dr = carve(cv, be->max_act * E);
-    for (int l = 0; l < be->nlanes; l++) {
-        be->lane[l].dc = carve(cv, be->max_act * E);
-        be->lane[l].dact = carve(cv, be->max_act * E);
+    for (int l = 0; l < be->nlanes && l < 2; l++) {
+        Lane *ln = &be->lane[l];
+        ln->dc[0] = carve(cv, be->max_act * E);
+        ln->dc[1] = be->nlanes == 4 ? carve(cv, be->max_act * E) : ln->dc[0];
+        ln->dact = carve(cv, be->max_act * E);
     }
     be->dp1 = carve(cv, be->max_act * E);
     be->dp2 = carve(cv, be->max_act * E);
@@ -1345,6 +1358,8 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
                                                             ws);
     };
     FILL_ALGOS(cv->bwd_data, pd, got, bwd_data_ok, data_ws);
+    const size_t need_main = need;  /* the filter gradient's may go to another lane */
+    need = 0;
     WIDEST_MATH();
     cudnnConvolutionBwdFilterAlgoPerf_t pw[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     if (be->find)
@@ -1361,7 +1376,13 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     };
     FILL_ALGOS(cv->bwd_filter, pw, got, bwd_filter_ok, filter_ws);
 #undef WIDEST_MATH
-    TRY(grow_workspace(be, ln, need, e));
+    Lane *wln = &be->lane[cv->wlane];
+    if (wln == ln) {
+        TRY(grow_workspace(be, ln, need > need_main ? need : need_main, e));
+    } else {
+        TRY(grow_workspace(be, ln, need_main, e));
+        TRY(grow_workspace(be, wln, need, e));
+    }
     cv->n = n;
     const int slot = cv->plan_next;
     cv->plan_next = (slot + 1) % PLANS;
@@ -1443,7 +1464,7 @@ static int conv_backward_filter(Backend *be, const void *x, const void *dy, Conv
                                 Err *e)
 {
     TRY(conv_prepare(be, cv, n, e));
-    const Lane *ln = &be->lane[cv->lane];
+    const Lane *ln = &be->lane[cv->wlane];
     const float one = 1.0f, zero = 0.0f;
     void *dw = (char *)be->Gc + cv->slot * be->esize;
     RUN_ALGOS(cv->bwd_filter, "backward filter",
@@ -1668,14 +1689,15 @@ static void cuda_destroy(Backend *be)
     if (be->stream) {           /* else the device was never set (or was bad) */
         cudaSetDevice(be->device);
         cudaStreamSynchronize(be->stream);
-        if (be->lane[1].stream)
-            cudaStreamSynchronize(be->lane[1].stream);
+        for (int l = 1; l < 4; l++)
+            if (be->lane[l].stream)
+                cudaStreamSynchronize(be->lane[l].stream);
     }
     for (int i = 0; i < be->nconvs; i++)
         conv_destroy(be->convs[i]);
     void *bufs[] = {be->P,  be->G,       be->M,         be->S,      be->Wc,
                     be->Gc, be->bn_arena, be->lane[0].part, be->lane[0].k1, be->lane[0].ws,
-                    be->lane[1].ws,
+                    be->lane[1].ws, be->lane[2].ws, be->lane[3].ws,
                     be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
                     be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws,
                     be->segs, be->find_x, be->find_y, be->find_w, be->find_ws};
@@ -1691,18 +1713,21 @@ static void cuda_destroy(Backend *be)
     }
     if (be->blas)               /* before its workspace goes */
         cublasDestroy(be->blas);
-    for (int l = 0; l < 2; l++) {
+    for (int l = 0; l < 4; l++) {
         Lane *ln = &be->lane[l];
         if (ln->dnn)
             cudnnDestroy(ln->dnn);
-        if (ln->mark)
-            cudaEventDestroy(ln->mark);
+        cudaEvent_t evs[] = {ln->mark, ln->dc_free[0], ln->dc_free[1]};
+        for (cudaEvent_t ev : evs)
+            if (ev)
+                cudaEventDestroy(ev);
     }
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             cudaFree(bufs[i]);
-    if (be->lane[1].stream)
-        cudaStreamDestroy(be->lane[1].stream);
+    for (int l = 1; l < 4; l++)
+        if (be->lane[l].stream)
+            cudaStreamDestroy(be->lane[l].stream);
     if (be->stream)
         cudaStreamDestroy(be->stream);
     /* nothing of this backend's may surface as a later call's error */
@@ -1747,22 +1772,26 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     /* a blocking stream: ordered after the default stream's copies and sets
      * (load, store, set_data use those) */
     CK(cudaStreamCreate(&be->stream));
-    /* SHAKE_CUDA_STREAMS: 2 (a block's branches side by side) or 1 */
+    /* SHAKE_CUDA_STREAMS: 2 (a block's branches side by side), 4 (their
+     * filter gradients beside them too) or 1 */
     const char *streams = getenv("SHAKE_CUDA_STREAMS");
     be->nlanes = 2;
     if (streams) {
-        if (strcmp(streams, "1") != 0 && strcmp(streams, "2") != 0)
-            return err_set(e, "SHAKE_CUDA_STREAMS=%s: 1 or 2", streams);
+        if (strcmp(streams, "1") != 0 && strcmp(streams, "2") != 0 &&
+            strcmp(streams, "4") != 0)
+            return err_set(e, "SHAKE_CUDA_STREAMS=%s: 1, 2 or 4", streams);
         be->nlanes = streams[0] - '0';
     }
     be->lane[0].stream = be->stream;
-    if (be->nlanes == 2)
-        CK(cudaStreamCreate(&be->lane[1].stream));
     for (int l = 0; l < be->nlanes; l++) {
         Lane *ln = &be->lane[l];
+        if (l > 0)
+            CK(cudaStreamCreate(&ln->stream));
         CKDNN(cudnnCreate(&ln->dnn));
         CKDNN(cudnnSetStream(ln->dnn, ln->stream));
         CK(cudaEventCreateWithFlags(&ln->mark, cudaEventDisableTiming));
+        for (int i = 0; i < 2; i++)
+            CK(cudaEventCreateWithFlags(&ln->dc_free[i], cudaEventDisableTiming));
     }
     CKBLAS(cublasCreate(&be->blas));
     CKBLAS(cublasSetStream(be->blas, be->stream));
@@ -1838,8 +1867,10 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         const BlockDesc *B = &m->blocks[b];
         for (int k = 0; k < 2; k++)
             for (int j = 0; j < B->nconv; j++) {
-                TRY(conv_init(be, &be->blk[b].conv[k][j], &B->conv[k][j], e));
-                be->blk[b].conv[k][j].lane = k < be->nlanes ? k : 0;
+                Conv *c = &be->blk[b].conv[k][j];
+                TRY(conv_init(be, c, &B->conv[k][j], e));
+                c->lane = be->nlanes >= 2 ? k : 0;
+                c->wlane = be->nlanes == 4 ? k + 2 : c->lane;
             }
         if (B->proj)
             for (int p = 0; p < B->nsc; p++)
@@ -1890,11 +1921,13 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
             be->blk[b].bn[1][j].lane = be->blk[b].conv[1][j].lane;
     /* each lane's batch-norm scratch, in one buffer of each kind */
     const size_t part = (size_t)BN_MAX_CHUNKS * 2 * max_c;
-    TRY(dev_alloc(be, (void **)&be->lane[0].part, be->nlanes * part * sizeof(double),
+    const int branch_lanes = be->nlanes < 2 ? be->nlanes : 2;
+    TRY(dev_alloc(be, (void **)&be->lane[0].part, branch_lanes * part * sizeof(double),
                   "batch-norm partial sums", e));
-    TRY(dev_alloc(be, (void **)&be->lane[0].k1, be->nlanes * 3 * (size_t)max_c * sizeof(float),
-                  "batch-norm coefficients", e));
-    for (int l = 0; l < be->nlanes; l++) {
+    TRY(dev_alloc(be, (void **)&be->lane[0].k1,
+                  branch_lanes * 3 * (size_t)max_c * sizeof(float), "batch-norm coefficients",
+                  e));
+    for (int l = 0; l < branch_lanes; l++) {
         Lane *ln = &be->lane[l];
         ln->part = be->lane[0].part + l * part;
         ln->k1 = be->lane[0].k1 + (size_t)l * 3 * max_c;
@@ -2071,6 +2104,39 @@ static int lane_wait(Backend *be, int to, int from, Err *e)
         return 0;
     CK(cudaEventRecord(be->lane[from].mark, be->lane[from].stream));
     CK(cudaStreamWaitEvent(be->lane[to].stream, be->lane[from].mark, 0));
+    return 0;
+}
+
+/* The dc buffer the next batch-norm backward on branch lane l writes: with
+ * four lanes the two take turns, and one a filter gradient on the side
+ * lane still reads is waited for. */
+static int dc_take(Backend *be, int l, void **dc, Err *e)
+{
+    Lane *ln = &be->lane[l];
+    const int i = ln->dc_next;
+    if (be->nlanes == 4)
+        ln->dc_next = 1 - i;
+    if (ln->dc_read[i]) {
+        CK(cudaStreamWaitEvent(ln->stream, ln->dc_free[i], 0));
+        ln->dc_read[i] = 0;
+    }
+    *dc = ln->dc[i];
+    return 0;
+}
+
+/* The filter gradient of cv from its input x and dc, the output gradient
+ * branch lane l's last batch-norm backward wrote (dc_take): on cv's
+ * filter lane, which waits for lane l's work so far. */
+static int filter_grad(Backend *be, int l, const void *x, void *dc, Conv *cv, int n, Err *e)
+{
+    if (cv->wlane == l)
+        return conv_backward_filter(be, x, dc, cv, n, e);
+    Lane *ln = &be->lane[l];
+    TRY(lane_wait(be, cv->wlane, l, e));
+    TRY(conv_backward_filter(be, x, dc, cv, n, e));
+    const int i = dc == ln->dc[0] ? 0 : 1;
+    CK(cudaEventRecord(ln->dc_free[i], be->lane[cv->wlane].stream));
+    ln->dc_read[i] = 1;
     return 0;
 }
 
@@ -2257,29 +2323,33 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
      * branch 0's once that is written */
     TRY(lane_wait(be, 1, 0, e));
     for (int k = 0; k < 2; k++) {
-        const Lane *ln = &be->lane[K->conv[k][0].lane];
+        const int l = K->conv[k][0].lane;
+        const Lane *ln = &be->lane[l];
         for (int j = last; j >= 0; j--) {
             const ConvDesc *c = &B->conv[k][j];
             const size_t rows = (size_t)n * c->oh * c->ow;
+            void *dc = NULL;
+            TRY(dc_take(be, l, &dc, e));
             if (j == last) /* branch k gets beta * g (k = 0) or (1 - beta) * g (k = 1) */
-                TRY(bn_backward(be, ln->dc, g, mask, beta, k == 1, ohw, K->c[k][j], &K->bn[k][j],
+                TRY(bn_backward(be, dc, g, mask, beta, k == 1, ohw, K->c[k][j], &K->bn[k][j],
                                 rows, e));
             else           /* through relu(bn(c)) */
-                TRY(bn_backward(be, ln->dc, ln->dact, K->act[k][j], NULL, 0, 1, K->c[k][j],
+                TRY(bn_backward(be, dc, ln->dact, K->act[k][j], NULL, 0, 1, K->c[k][j],
                                 &K->bn[k][j], rows, e));
             const void *in = j > 0 ? K->act[k][j - 1] : bin;
-            TRY(conv_backward_filter(be, in, ln->dc, &K->conv[k][j], n, e));
+            TRY(filter_grad(be, l, in, dc, &K->conv[k][j], n, e));
             if (j > 0) {
-                TRY(conv_backward_data(be, ln->dact, ln->dc, &K->conv[k][j], n, 0, e));
+                TRY(conv_backward_data(be, ln->dact, dc, &K->conv[k][j], n, 0, e));
             } else {
                 if (k == 1)
                     TRY(lane_wait(be, 1, 0, e));
-                TRY(conv_backward_data(be, dbin, ln->dc, &K->conv[k][j], n, k == 1, e));
+                TRY(conv_backward_data(be, dbin, dc, &K->conv[k][j], n, k == 1, e));
             }
         }
     }
     TRY(lane_wait(be, 0, 1, e));
-    void *dc = be->lane[0].dc;
+    void *dc = NULL;
+    TRY(dc_take(be, 0, &dc, e));
 
     if (resnet) {
         if (B->proj) {
@@ -2351,6 +2421,11 @@ static int backward_enqueue(Backend *be, int n, Err *e)
                                                                  K);
     CKLAUNCH();
 
+    /* the filter gradients' reads of the dc buffers that a previous backward
+     * left are long done: it ended waiting for them */
+    for (int l = 0; l < 2; l++)
+        be->lane[l].dc_read[0] = be->lane[l].dc_read[1] = 0;
+
     /* global pooling; resnet's head ReLU masks by the last block's output */
     const int fhw = m->feat_h * m->feat_w;
     const void *hlast = be->blk[m->nblocks - 1].out;
@@ -2366,10 +2441,14 @@ static int backward_enqueue(Backend *be, int n, Err *e)
     /* stem: relu (resnext) and batch norm, then the filter gradient only */
     const ConvDesc *sc = &m->stem_conv;
     const size_t srows = (size_t)n * sc->oh * sc->ow;
-    void *dc = be->lane[0].dc;
+    void *dc = NULL;
+    TRY(dc_take(be, 0, &dc, e));
     TRY(bn_backward(be, dc, be->g[cur], m->stem_relu ? be->stem_out : NULL, NULL, 0, 1,
                     be->stem_c, &be->stem_bn, srows, e));
     TRY(conv_backward_filter(be, be->xin, dc, &be->stem_conv, n, e));
+    /* the side lanes' filter gradients, before the update reads them */
+    for (int l = 2; l < be->nlanes; l++)
+        TRY(lane_wait(be, 0, l, e));
 
     /* the filter gradients into the float arena, where the update reads them */
     const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nconvs);

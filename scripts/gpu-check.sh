@@ -10,7 +10,8 @@
 #   the GPU and driver (nvidia-smi);
 #   test_cuda (cuda against ref in fp32 and bf16, device-side draws,
 #   checkpoints between backends, whole steps and CUDA graphs against the
-#   per-call path, a bad device);
+#   per-call path, one, two and four streams against each other bit for
+#   bit, a bad device);
 #   `sweep run --gpus 0` on a two-cell sweep (runs placed on the GPU);
 #   compute-sanitizer memcheck over a few training steps: `sweep train` on
 #   the whole-step path (data on the GPU, a captured and a replayed graph),
@@ -23,9 +24,10 @@
 #   channels_last) on 26 2x32d and 26 2x96d at batch 128, bf16 and fp32,
 #   with the GPU memory in use sampled by nvidia-smi every 100 ms (the same
 #   measure for both: peak minus what was in use before the run); the bf16
-#   epochs again with SHAKE_CUDA_FIND=1 (cuDNN's timed algorithms) and with
+#   epochs again with SHAKE_CUDA_FIND=1 (cuDNN's timed algorithms), with
 #   SHAKE_CUDA_STREAMS=1 (a block's branches one after the other, not side
-#   by side); the ResNeXt 29 2x4x64d through bench_train;
+#   by side) and SHAKE_CUDA_STREAMS=4 (their filter gradients beside them
+#   as well); the ResNeXt 29 2x4x64d through bench_train;
 #   Nsight Compute's time of each kernel of a 2x32d bf16 step (profile.txt).
 # The tests need no fixtures from the source tree: their data is synthetic
 # and their scratch folders go to $TMPDIR or /tmp.
@@ -304,9 +306,12 @@ theirs 96 bf16
 # default: whether the fastest algorithms beat the first deterministic ones
 SHAKE_CUDA_FIND=1 epoch_run 32 bf16 find
 SHAKE_CUDA_FIND=1 epoch_run 96 bf16 find
-# the branches on one stream against two (the default)
+# the branches on one stream, and with their filter gradients on four,
+# against two (the default)
 SHAKE_CUDA_STREAMS=1 epoch_run 32 bf16 1stream
+SHAKE_CUDA_STREAMS=4 epoch_run 32 bf16 4streams
 SHAKE_CUDA_STREAMS=1 epoch_run 96 bf16 1stream
+SHAKE_CUDA_STREAMS=4 epoch_run 96 bf16 4streams
 if [ "$quick" != 1 ]; then
     epoch_run 32 fp32
     theirs 32 fp32

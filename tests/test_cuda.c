@@ -109,24 +109,33 @@ static const CompareSyncTol tol_fp32_synced = {1e-4, 1e-4, 1e-4, 1e-5};
  */
 static const CompareSyncTol tol_bf16_synced = {5e-2, 2e-2, 0.4, 1e-5};
 
+/* The fp32 synced comparisons run with four streams (SHAKE_CUDA_STREAMS=4:
+ * the branches and their filter gradients side by side), the others with
+ * the default two: a wait missing between streams fails one or the other
+ * (in the emulation, streams run in a random order that their waits allow). */
 static void test_parity(void **ctx)
 {
     const Parity *p = *ctx;
     BackendOptions o = {0, 2, 0, p->mode == BF16_SYNCED ? PRECISION_BF16 : PRECISION_FP32};
     CompareCase c = *p->c;
     c.name = p->name;
+    if (p->mode == FP32_SYNCED)
+        setenv("SHAKE_CUDA_STREAMS", "4", 1);
+    else
+        unsetenv("SHAKE_CUDA_STREAMS");
     if (p->mode == FP32_TRAJECTORY)
         compare_case(cuda, &o, &c, &tol_fp32);
     else
         compare_case_synced(cuda, &o, &c,
                             p->mode == BF16_SYNCED ? &tol_bf16_synced : &tol_fp32_synced);
+    unsetenv("SHAKE_CUDA_STREAMS");
 }
 
 /*
  * SHAKE_CUDA_FIND=1 (cuDNN times the candidates and the fastest come
  * first) computes the same function: a ResNet in fp32 and a ResNeXt in
  * bf16 within the parity bounds. And SHAKE_CUDA_BN_CHUNKS outside 1..512,
- * SHAKE_CUDA_STREAMS other than 1 or 2, are refused by name.
+ * SHAKE_CUDA_STREAMS other than 1, 2 or 4, are refused by name.
  */
 static void test_tuning_knobs(void **ctx)
 {
@@ -154,7 +163,8 @@ static void test_tuning_knobs(void **ctx)
     } bad[] = {{"SHAKE_CUDA_BN_CHUNKS", "0"},    {"SHAKE_CUDA_BN_CHUNKS", "513"},
                {"SHAKE_CUDA_BN_CHUNKS", "many"}, {"SHAKE_CUDA_BN_CHUNKS", "12x"},
                {"SHAKE_CUDA_STREAMS", "0"},      {"SHAKE_CUDA_STREAMS", "3"},
-               {"SHAKE_CUDA_STREAMS", "two"},    {"SHAKE_CUDA_STREAMS", ""}};
+               {"SHAKE_CUDA_STREAMS", "two"},    {"SHAKE_CUDA_STREAMS", ""},
+               {"SHAKE_CUDA_STREAMS", "8"}};
     for (size_t j = 0; j < sizeof bad / sizeof bad[0]; j++) {
         setenv(bad[j].knob, bad[j].value, 1);
         BackendOptions o = {4, 2, 0, PRECISION_FP32};
@@ -810,14 +820,16 @@ static void device_step_case(Precision prec)
         fail_msg("%s", e.msg);
     float *p0 = malloc(m.nparams * 4), *s0 = malloc(m.nstate * 4);
     model_init(&m, 5, p0, s0);
-    StepRun g, q, h, one;
+    StepRun g, q, h, one, four;
     step_run_alloc(&g, &m);
     step_run_alloc(&q, &m);
     step_run_alloc(&h, &m);
     step_run_alloc(&one, &m);
+    step_run_alloc(&four, &m);
     run_device_steps(&m, &tr, p0, s0, prec, "require", "2", &g);
     run_device_steps(&m, &tr, p0, s0, prec, "0", "2", &q);
     run_device_steps(&m, &tr, p0, s0, prec, "require", "1", &one);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "4", &four);
     /* 6 full steps: 2 eager to warm up, then captured and replayed */
     if (g.graph_launches < 3)
         fail_msg("%s: %ld steps ran as a CUDA graph, expected 4", what, g.graph_launches);
@@ -839,21 +851,26 @@ static void device_step_case(Precision prec)
     compare_check("evaluation logits, graph against eager", what, g.eval, q.eval,
                   (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, 1e-6);
     assert_int_equal(g.wrong, q.wrong);
-    /* A block's branches on two streams (the default) against one: the
-     * same kernels on the same inputs, each lane with its own scratch, so
-     * the same bound; a lane overwriting the other's scratch, or a join
-     * missing, would be far off. The graphs with two lanes are two parallel
-     * paths: captured and replayed as often. */
-    compare_check("parameters, two streams against one", what, g.params, one.params, m.nparams,
-                  1e-6);
-    compare_check("running statistics, two streams against one", what, g.state, one.state,
-                  m.nstate, 1e-6);
-    compare_check("momentum, two streams against one", what, g.mom, one.mom, m.nparams, 1e-6);
-    compare_check("evaluation logits, two streams against one", what, g.eval, one.eval,
-                  (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, 1e-6);
-    assert_int_equal(g.wrong, one.wrong);
-    assert_int_equal(g.graph_launches, one.graph_launches);
-    assert_int_equal(g.eval_launches, one.eval_launches);
+    /* A block's branches on two streams (the default), and their filter
+     * gradients on two more, against one stream: the same kernels on the
+     * same inputs, each lane with its own scratch, so the same bound; a
+     * lane overwriting another's scratch, or a wait missing, would be far
+     * off. The graphs with more lanes have parallel paths: captured and
+     * replayed as often. */
+    const StepRun *lanes[] = {&g, &four};
+    for (int i = 0; i < 2; i++) {
+        const StepRun *r = lanes[i];
+        char w[64];
+        snprintf(w, sizeof w, "%s, %d streams against one", what, i == 0 ? 2 : 4);
+        compare_check("parameters", w, r->params, one.params, m.nparams, 1e-6);
+        compare_check("running statistics", w, r->state, one.state, m.nstate, 1e-6);
+        compare_check("momentum", w, r->mom, one.mom, m.nparams, 1e-6);
+        compare_check("evaluation logits", w, r->eval, one.eval,
+                      (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, 1e-6);
+        assert_int_equal(r->wrong, one.wrong);
+        assert_int_equal(r->graph_launches, one.graph_launches);
+        assert_int_equal(r->eval_launches, one.eval_launches);
+    }
 
     run_host_steps(&m, &tr, p0, s0, prec, &h);
     /* Against the host path only the loss's exp and log run elsewhere
@@ -887,6 +904,7 @@ static void device_step_case(Precision prec)
     step_run_free(&q);
     step_run_free(&h);
     step_run_free(&one);
+    step_run_free(&four);
     free(p0);
     free(s0);
     model_free(&m);

@@ -11,11 +11,22 @@
  * every thread of every block in turn (threads of a block in descending
  * order, so that a thread that reads its block's shared memory after
  * __syncthreads finds what the higher-numbered threads wrote -- the only
- * pattern cuda.cu uses); streams run
- * their work at once unless capturing, when launches, copies and library
- * calls are recorded into the graph and replayed by cudaGraphLaunch.
- * What it cannot model: concurrency (races), the real libraries' numerics
- * and algorithm coverage, timing.
+ * pattern cuda.cu uses). Streams, as on a GPU, run their work later:
+ * each launch, copy and library call becomes a node that depends on its
+ * stream's previous one and on the events the stream waited for, and a
+ * synchronization (of a stream, an event, or the device by a synchronous
+ * copy, set or free) runs what it waits for in an order that those
+ * dependencies allow: mostly the node queued last among those ready, now
+ * and then one at random (seeded by SHAKE_EMU_SEED, default 1). Work on two
+ * streams that nothing orders so runs in either order, and most often the
+ * later-queued first: a consumer whose wait for its producer is missing
+ * runs before it, a reader whose buffer is not waited for before reuse
+ * runs after the overwrite; either shows up as a wrong or NaN result, as
+ * a race would on a GPU. While a
+ * stream captures, its nodes go into the graph instead, with the same
+ * dependencies, and cudaGraphLaunch queues them.
+ * What it cannot model: two kernels truly at once (a race inside one
+ * kernel), the real libraries' numerics and algorithm coverage, timing.
  */
 #ifndef SHAKE_EMU_CUDA_RUNTIME_H
 #define SHAKE_EMU_CUDA_RUNTIME_H
@@ -25,6 +36,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <functional>
 #include <tuple>
 #include <vector>
@@ -73,10 +85,27 @@ typedef enum {
 
 enum { cudaEventDisableTiming = 2 };
 
-typedef std::vector<std::function<void()>> EmuOps;
+/* A node of queued work; op empty for a node that only waits. */
+struct EmuNode {
+    std::function<void()> op;
+    std::vector<EmuNode *> deps, next;  /* what it waits for; what waits for it */
+    int missing;                        /* deps not done yet */
+    bool done;
+    unsigned long wanted;               /* by the emu_run of this number */
+    unsigned long seq;                  /* queued as the seq-th node */
+};
+
+/* A captured node: deps are indices of earlier nodes of the same graph. */
+struct EmuCapNode {
+    std::function<void()> op;
+    std::vector<int> deps;
+};
+typedef std::vector<EmuCapNode> EmuOps;
 
 struct EmuStream {
+    EmuNode *last;              /* its last node queued and not yet run (NULL: none) */
     EmuOps *capture;            /* recording into this while capturing */
+    int cap_last;               /* while capturing: its last node there (-1: none) */
     /* while capturing: which capture (a number), the stream whose capture
      * this one joined (NULL: its own), the streams that joined its capture
      * (the origin's), and how many of its operations were recorded, and of
@@ -97,10 +126,13 @@ typedef EmuGraph *cudaGraphExec_t;
 
 struct EmuEvent {
     /* its last record: the stream, the capture it was made in (0: none),
-     * and how many operations that stream had recorded by then */
+     * how many operations that stream had recorded by then, and the node
+     * it stands for (queued, not run yet) or, in a capture, its index */
     EmuStream *stream;
     unsigned long capture_id;
     size_t ops;
+    EmuNode *node;
+    int cap_node;
 };
 typedef EmuEvent *cudaEvent_t;
 
@@ -120,14 +152,124 @@ inline cudaError_t emu_error(cudaError_t e)
     return e;
 }
 
-/* Runs op now, or records it where the stream is capturing. */
+/* ---- queued work ---- */
+
+inline std::vector<EmuNode *> emu_nodes;  /* queued since the queue was last empty */
+inline std::vector<EmuStream *> emu_streams;
+inline std::vector<EmuEvent *> emu_events;
+inline uint64_t emu_rng;
+
+inline uint64_t emu_random()
+{
+    if (!emu_rng) {
+        const char *seed = getenv("SHAKE_EMU_SEED");
+        emu_rng = 0x9E3779B97F4A7C15ull * (seed ? strtoull(seed, NULL, 10) : 1) | 1;
+    }
+    emu_rng ^= emu_rng << 13;
+    emu_rng ^= emu_rng >> 7;
+    emu_rng ^= emu_rng << 17;
+    return emu_rng;
+}
+
+inline EmuNode *emu_node(std::function<void()> op, std::initializer_list<EmuNode *> deps)
+{
+    static unsigned long queued;
+    EmuNode *n = new EmuNode{std::move(op), {}, {}, 0, false, 0, ++queued};
+    for (EmuNode *d : deps)
+        if (d && !d->done) {
+            n->deps.push_back(d);
+            d->next.push_back(n);
+            n->missing++;
+        }
+    emu_nodes.push_back(n);
+    return n;
+}
+
+/*
+ * Runs the queued nodes that `until` depends on (all of them: NULL, all
+ * queued), each once what it waits for has run: of those ready, the one
+ * queued last, or one in four times one at random. When nothing is left
+ * queued, the nodes are freed.
+ */
+inline void emu_run(EmuNode *until)
+{
+    static unsigned long runs;
+    const unsigned long run = ++runs;
+    std::vector<EmuNode *> want;
+    if (until) {
+        std::vector<EmuNode *> stack{until};
+        while (!stack.empty()) {
+            EmuNode *n = stack.back();
+            stack.pop_back();
+            if (n->done || n->wanted == run)
+                continue;
+            n->wanted = run;
+            want.push_back(n);
+            for (EmuNode *d : n->deps)
+                stack.push_back(d);
+        }
+    } else {
+        for (EmuNode *n : emu_nodes)
+            if (!n->done) {
+                n->wanted = run;
+                want.push_back(n);
+            }
+    }
+    /* the deps of a wanted node are wanted too: starting from those ready,
+     * this runs them all */
+    std::vector<EmuNode *> ready;
+    for (EmuNode *n : want)
+        if (n->missing == 0)
+            ready.push_back(n);
+    while (!ready.empty()) {
+        size_t i = 0;
+        const uint64_t r = emu_random();
+        if (r % 4 == 0) {
+            i = (size_t)((r >> 2) % ready.size());
+        } else {
+            for (size_t j = 1; j < ready.size(); j++)
+                if (ready[j]->seq > ready[i]->seq)
+                    i = j;
+        }
+        EmuNode *n = ready[i];
+        ready[i] = ready.back();
+        ready.pop_back();
+        if (n->op)
+            n->op();
+        n->done = true;
+        for (EmuNode *m : n->next)
+            if (--m->missing == 0 && m->wanted == run)
+                ready.push_back(m);
+    }
+    for (EmuNode *n : emu_nodes)
+        if (!n->done)
+            return;
+    for (EmuNode *n : emu_nodes)
+        delete n;
+    emu_nodes.clear();
+    for (EmuStream *st : emu_streams)
+        st->last = NULL;
+    for (EmuEvent *ev : emu_events)
+        ev->node = NULL;
+}
+
+/* Queues op on stream s, or records it where s is capturing; the legacy
+ * stream (NULL) waits for all queued work and runs op at once. */
 inline void emu_enqueue(cudaStream_t s, std::function<void()> op)
 {
     if (s && s->capture) {
-        s->capture->push_back(std::move(op));
+        EmuCapNode c{std::move(op), {}};
+        if (s->cap_last >= 0)
+            c.deps.push_back(s->cap_last);
+        s->capture->push_back(std::move(c));
+        s->cap_last = (int)s->capture->size() - 1;
         s->ops++;
-    } else
+    } else if (s) {
+        s->last = emu_node(std::move(op), {s->last});
+    } else {
+        emu_run(NULL);
         op();
+    }
 }
 
 /* KERNEL(k, grid, block, stream)(args): every thread of every block. */
@@ -255,6 +397,7 @@ template <typename T> inline cudaError_t cudaMalloc(T **p, size_t bytes)
 
 inline cudaError_t cudaFree(void *p)
 {
+    emu_run(NULL);              /* as on a GPU: the device synchronizes first */
     if (!p)
         return cudaSuccess;
     unsigned char *b = (unsigned char *)p - 64;
@@ -284,48 +427,71 @@ inline cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total)
     return cudaSuccess;
 }
 
-inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind,
+inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind,
                                    cudaStream_t s = 0)
 {
-    /* the source is read when the copy runs, as on a GPU; a host source is
-     * staged now, as the runtime does for pageable memory */
+    if (kind != cudaMemcpyHostToDevice && kind != cudaMemcpyDeviceToHost &&
+        kind != cudaMemcpyDeviceToDevice)
+        return emu_error(cudaErrorInvalidValue);
+    /* a device source is read when the copy runs, as on a GPU; a host
+     * source is staged now, as the runtime does for pageable memory */
+    if (kind != cudaMemcpyHostToDevice) {
+        emu_enqueue(s, [=]() { memcpy(dst, src, n); });
+        return cudaSuccess;
+    }
     std::vector<unsigned char> staged((const unsigned char *)src, (const unsigned char *)src + n);
     emu_enqueue(s, [=]() { memcpy(dst, staged.data(), n); });
     return cudaSuccess;
 }
 
+/* the synchronous copy and set: on the legacy stream, after all queued work */
 inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind)
 {
+    emu_run(NULL);
     memcpy(dst, src, n);
     return cudaSuccess;
 }
 
 inline cudaError_t cudaMemset(void *p, int v, size_t n)
 {
+    emu_run(NULL);
     memset(p, v, n);
     return cudaSuccess;
 }
 
 inline cudaError_t cudaStreamCreate(cudaStream_t *s)
 {
-    *s = new EmuStream{NULL, 0, NULL, {}, 0, 0};
+    *s = new EmuStream{NULL, NULL, -1, 0, NULL, {}, 0, 0};
+    emu_streams.push_back(*s);
     return cudaSuccess;
 }
 
 inline cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
-    return s && s->capture ? emu_error(cudaErrorInvalidValue) : cudaSuccess;
+    if (s && s->capture)
+        return emu_error(cudaErrorInvalidValue);
+    if (!s)
+        emu_run(NULL);
+    else if (s->last)
+        emu_run(s->last);
+    return cudaSuccess;
 }
 
 inline cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
+    if (!s)
+        return cudaSuccess;
+    if (s->last)                /* its work still runs, as on a GPU */
+        emu_run(s->last);
+    emu_streams.erase(std::find(emu_streams.begin(), emu_streams.end(), s));
     delete s;
     return cudaSuccess;
 }
 
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned)
 {
-    *ev = new EmuEvent{NULL, 0, 0};
+    *ev = new EmuEvent{NULL, 0, 0, NULL, -1};
+    emu_events.push_back(*ev);
     return cudaSuccess;
 }
 
@@ -349,6 +515,8 @@ inline cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t s)
     ev->stream = s;
     ev->capture_id = s && s->capture ? s->capture_id : 0;
     ev->ops = s && s->capture ? s->ops : 0;
+    ev->node = s && !s->capture ? s->last : NULL;
+    ev->cap_node = s && s->capture ? s->cap_last : -1;
     return cudaSuccess;
 }
 
@@ -361,27 +529,46 @@ inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t ev, unsigned 
     const int live = ev->capture_id && src->capture && src->capture_id == ev->capture_id;
     if (s->capture && !live)
         return emu_error(cudaErrorStreamCaptureIsolation);
-    if (!live || src == s)
+    if (!live) {                /* after the event's work, in the queue */
+        if (ev->node && !ev->node->done && ev->node != s->last)
+            s->last = emu_node(nullptr, {s->last, ev->node});
+        return cudaSuccess;
+    }
+    if (src == s)
         return cudaSuccess;
     if (ev->ops > src->waited)
         src->waited = ev->ops;
-    if (!s->capture) {
+    if (!s->capture) {          /* s joins the capture, after the event's node */
         EmuStream *origin = src->origin ? src->origin : src;
         s->capture = src->capture;
         s->capture_id = src->capture_id;
         s->origin = origin;
         s->ops = s->waited = 0;
+        s->cap_last = ev->cap_node;
         origin->joined.push_back(s);
     } else if (s->capture != src->capture) {
         return emu_error(cudaErrorInvalidValue);
+    } else if (ev->cap_node >= 0 && ev->cap_node != s->cap_last) {
+        EmuCapNode c{nullptr, {ev->cap_node}};
+        if (s->cap_last >= 0)
+            c.deps.push_back(s->cap_last);
+        s->capture->push_back(std::move(c));
+        s->cap_last = (int)s->capture->size() - 1;
     }
     return cudaSuccess;
 }
 
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t ev)
+{
+    if (ev && ev->node)
+        emu_run(ev->node);
+    return cudaSuccess;
+}
 
 inline cudaError_t cudaEventDestroy(cudaEvent_t ev)
 {
+    if (ev)
+        emu_events.erase(std::find(emu_events.begin(), emu_events.end(), ev));
     delete ev;
     return cudaSuccess;
 }
@@ -392,6 +579,7 @@ inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode)
         return emu_error(cudaErrorInvalidValue);
     s->capture = new EmuOps;
     s->capture_id = ++emu_captures;
+    s->cap_last = -1;
     s->origin = NULL;
     s->joined.clear();
     s->ops = s->waited = 0;
@@ -409,10 +597,12 @@ inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
         unjoined |= j->waited < j->ops;
         j->capture = NULL;
         j->origin = NULL;
+        j->cap_last = -1;
     }
     s->joined.clear();
     EmuOps *ops = s->capture;
     s->capture = NULL;
+    s->cap_last = -1;
     if (unjoined) {
         delete ops;
         return emu_error(cudaErrorStreamCaptureUnjoined);
@@ -441,10 +631,30 @@ inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t g)
     return cudaSuccess;
 }
 
+/* the graph's nodes queued with their dependencies, those without any
+ * after the stream's work so far; the stream's next work after them all */
 inline cudaError_t cudaGraphLaunch(cudaGraphExec_t g, cudaStream_t s)
 {
-    for (const auto &op : g->ops)
-        emu_enqueue(s, op);
+    if (!s || s->capture)
+        return emu_error(cudaErrorInvalidValue);
+    std::vector<EmuNode *> made;
+    for (const EmuCapNode &c : g->ops) {
+        EmuNode *n = emu_node(c.op, {c.deps.empty() ? s->last : NULL});
+        for (int d : c.deps)
+            if (!made[d]->done) {
+                n->deps.push_back(made[d]);
+                made[d]->next.push_back(n);
+                n->missing++;
+            }
+        made.push_back(n);
+    }
+    EmuNode *end = emu_node(nullptr, {s->last});
+    for (EmuNode *n : made) {
+        end->deps.push_back(n);
+        n->next.push_back(end);
+        end->missing++;
+    }
+    s->last = end;
     return cudaSuccess;
 }
 

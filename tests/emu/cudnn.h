@@ -477,6 +477,7 @@ inline cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(
         st = cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, requested, returned, perf);
     if (st == CUDNN_STATUS_SUCCESS)
         emu_found(perf, *returned);
+    cudaStreamSynchronize(h->stream);   /* Find returns once it has run */
     return st;
 }
 
@@ -494,6 +495,7 @@ inline cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(
                                                          perf);
     if (st == CUDNN_STATUS_SUCCESS)
         emu_found(perf, *returned);
+    cudaStreamSynchronize(h->stream);   /* Find returns once it has run */
     return st;
 }
 
@@ -512,6 +514,7 @@ inline cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
                                                            returned, perf);
     if (st == CUDNN_STATUS_SUCCESS)
         emu_found(perf, *returned);
+    cudaStreamSynchronize(h->stream);   /* Find returns once it has run */
     return st;
 }
 
