@@ -4,7 +4,7 @@
 # here. Through the device tool: run with carry [".gpu"], command
 # scripts/gpu-check.sh and a timeout_s of 600.
 #
-# Steps, each under its own timeout, all within BUDGET seconds (default 450;
+# Steps, each under its own timeout, all within BUDGET seconds (default 540;
 # a step that would pass it is skipped and says so; QUICK=1 leaves out the
 # fp32 benchmarks and the per-call 2x32d one, for a rerun after a change):
 #   the GPU and driver (nvidia-smi);
@@ -39,7 +39,7 @@
 set -u
 cd "$(dirname "$0")/.." || exit 2
 out=${OUT:-./gpu-out}
-budget=${BUDGET:-450}
+budget=${BUDGET:-540}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 tmp=$(mktemp -d)
@@ -81,7 +81,8 @@ for d in site.getsitepackages(): print("\n".join(glob.glob(d + "/nvidia/*/lib"))
         [ -n "$found" ] || found=$(find / -xdev -name "$lib" 2>/dev/null | head -n 1)
         if [ -n "$found" ]; then
             echo "gpu-check: $lib from $found"
-            export LD_LIBRARY_PATH="$(dirname "$found"):$LD_LIBRARY_PATH"
+            LD_LIBRARY_PATH="$(dirname "$found"):$LD_LIBRARY_PATH"
+            export LD_LIBRARY_PATH
         else
             echo "gpu-check: $lib not found on this machine"
         fi
