@@ -954,6 +954,9 @@ typedef struct {
     cudaEvent_t dc_free[2];
 } Lane;
 
+/* the lanes that run branches and have their scratch: lanes 0 and 1, or 0 alone */
+#define BRANCH_LANES(be) ((be)->nlanes < 2 ? 1 : 2)
+
 /* pinned slots for the steps' variables: a slot is reused once its copy is done */
 enum { VARS_RING = 64 };
 
@@ -1096,7 +1099,7 @@ static void layout_acts(Backend *be, Carver *cv)
     be->g[0] = carve(cv, be->max_act * E);
     be->g[1] = carve(cv, be->max_act * E);
     be->dr = carve(cv, be->max_act * E);
-    for (int l = 0; l < be->nlanes && l < 2; l++) {
+    for (int l = 0; l < BRANCH_LANES(be); l++) {
         Lane *ln = &be->lane[l];
         ln->dc[0] = carve(cv, be->max_act * E);
         ln->dc[1] = be->nlanes == 4 ? carve(cv, be->max_act * E) : ln->dc[0];
@@ -1921,7 +1924,7 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
             be->blk[b].bn[1][j].lane = be->blk[b].conv[1][j].lane;
     /* each lane's batch-norm scratch, in one buffer of each kind */
     const size_t part = (size_t)BN_MAX_CHUNKS * 2 * max_c;
-    const int branch_lanes = be->nlanes < 2 ? be->nlanes : 2;
+    const int branch_lanes = BRANCH_LANES(be);
     TRY(dev_alloc(be, (void **)&be->lane[0].part, branch_lanes * part * sizeof(double),
                   "batch-norm partial sums", e));
     TRY(dev_alloc(be, (void **)&be->lane[0].k1,
@@ -2423,7 +2426,7 @@ static int backward_enqueue(Backend *be, int n, Err *e)
 
     /* the filter gradients' reads of the dc buffers that a previous backward
      * left are long done: it ended waiting for them */
-    for (int l = 0; l < 2; l++)
+    for (int l = 0; l < BRANCH_LANES(be); l++)
         be->lane[l].dc_read[0] = be->lane[l].dc_read[1] = 0;
 
     /* global pooling; resnet's head ReLU masks by the last block's output */
