@@ -453,15 +453,22 @@ inline cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void 
  * candidate that runs writes its output once, and comes first; the one
  * that reports "not supported" comes last with that status.
  */
-template <typename A> inline void emu_found(EmuAlgoPerf<A> *perf, int returned)
+/* The end of each Find: st, the status of running one candidate and then
+ * listing them; the list reordered as above; returns once it has run, as
+ * cuDNN's Find does. */
+template <typename A>
+inline cudnnStatus_t emu_found(cudnnHandle_t h, cudnnStatus_t st, EmuAlgoPerf<A> *perf,
+                               const int *returned)
 {
-    if (returned < 2)
-        return;
-    EmuAlgoPerf<A> unsupported = perf[0];
-    unsupported.status = CUDNN_STATUS_NOT_SUPPORTED;
-    perf[0] = perf[1];
-    perf[0].time = 0.5f;
-    perf[1] = unsupported;
+    if (st == CUDNN_STATUS_SUCCESS && *returned >= 2) {
+        EmuAlgoPerf<A> unsupported = perf[0];
+        unsupported.status = CUDNN_STATUS_NOT_SUPPORTED;
+        perf[0] = perf[1];
+        perf[0].time = 0.5f;
+        perf[1] = unsupported;
+    }
+    cudaStreamSynchronize(h->stream);
+    return st;
 }
 
 inline cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(
@@ -475,10 +482,7 @@ inline cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(
                                                &zero, yd, y);
     if (st == CUDNN_STATUS_SUCCESS)
         st = cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, requested, returned, perf);
-    if (st == CUDNN_STATUS_SUCCESS)
-        emu_found(perf, *returned);
-    cudaStreamSynchronize(h->stream);   /* Find returns once it has run */
-    return st;
+    return emu_found(h, st, perf, returned);
 }
 
 inline cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(
@@ -493,10 +497,7 @@ inline cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(
     if (st == CUDNN_STATUS_SUCCESS)
         st = cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, cd, dxd, requested, returned,
                                                          perf);
-    if (st == CUDNN_STATUS_SUCCESS)
-        emu_found(perf, *returned);
-    cudaStreamSynchronize(h->stream);   /* Find returns once it has run */
-    return st;
+    return emu_found(h, st, perf, returned);
 }
 
 inline cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
@@ -512,10 +513,7 @@ inline cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
     if (st == CUDNN_STATUS_SUCCESS)
         st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, cd, dwd, requested,
                                                            returned, perf);
-    if (st == CUDNN_STATUS_SUCCESS)
-        emu_found(perf, *returned);
-    cudaStreamSynchronize(h->stream);   /* Find returns once it has run */
-    return st;
+    return emu_found(h, st, perf, returned);
 }
 
 #endif
