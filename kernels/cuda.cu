@@ -929,22 +929,24 @@ typedef struct {
  * runs on lane 1 while branch 0 runs on lane 0 (the main stream), forked
  * from it and joined back with events (lane_wait); in a captured graph
  * they are parallel paths. The layers of the later stages are too small to
- * fill a large GPU alone; two at a time fill more of it. With four lanes,
- * each branch's filter gradients also leave its chain for a side lane
- * (lane 2 for lane 0, lane 3 for lane 1): nothing in the backward waits for
- * them but the end, where the update needs them, and a batch norm's
- * backward that is about to overwrite the dc buffer one of them reads (two
- * buffers a lane take turns). Each lane has its own cuDNN handle, workspace
- * and scratch, so nothing is shared while they run; the results are the
- * same bit for bit whatever the number of lanes (SHAKE_CUDA_STREAMS=1, 2
- * or 4; 1 keeps everything on lane 0).
+ * fill a large GPU alone; two at a time fill more of it. With three lanes,
+ * a projection shortcut (pooling, its convolutions, its batch norm) runs on
+ * lane 2 beside them, forward and backward. With four, each branch's
+ * filter gradients also leave its chain for a side lane (lane 2 for lane 0,
+ * after any shortcut work queued there; lane 3 for lane 1): nothing in the
+ * backward waits for them but the end, where the update needs them, and a
+ * batch norm's backward that is about to overwrite the dc buffer one of
+ * them reads (two buffers a branch lane take turns). Each lane has its own
+ * cuDNN handle, workspace and scratch, so nothing is shared while they run;
+ * the results are the same bit for bit whatever the number of lanes
+ * (SHAKE_CUDA_STREAMS=1 to 4; 1 keeps everything on lane 0).
  */
 typedef struct {
     cudaStream_t stream;
     cudnnHandle_t dnn;          /* bound to stream */
     void *ws;                   /* cuDNN workspace */
     size_t ws_size;
-    /* a branch lane's scratch (lanes 0 and 1) */
+    /* a branch or shortcut lane's scratch (lanes 0 to 2; dact: 0 and 1) */
     double *part;               /* batch-norm partial sums */
     float *k1, *k2, *k3;        /* batch-norm backward coefficients (max channels) */
     void *dc[2], *dact;         /* backward scratch, max_act elements each (dc[1]: four lanes) */
@@ -954,8 +956,12 @@ typedef struct {
     cudaEvent_t dc_free[2];
 } Lane;
 
-/* the lanes that run branches and have their scratch: lanes 0 and 1, or 0 alone */
+/* the lanes that run branches: lanes 0 and 1, or 0 alone */
 #define BRANCH_LANES(be) ((be)->nlanes < 2 ? 1 : 2)
+/* the lane of the projection shortcuts: 2 with three lanes or more, else 0 */
+#define SC_LANE(be) ((be)->nlanes < 3 ? 0 : 2)
+/* the lanes with batch-norm scratch and a dc: those that run branches or shortcuts */
+#define SCRATCH_LANES(be) ((be)->nlanes < 3 ? BRANCH_LANES(be) : 3)
 
 /* pinned slots for the steps' variables: a slot is reused once its copy is done */
 enum { VARS_RING = 64 };
@@ -966,7 +972,7 @@ struct Backend {
     size_t esize;               /* bytes per activation element */
     cudaStream_t stream;        /* the main stream, lane[0]'s */
     Lane lane[4];
-    int nlanes;                 /* SHAKE_CUDA_STREAMS: 1, 2 (the default) or 4 */
+    int nlanes;                 /* SHAKE_CUDA_STREAMS: 1, 2, 3 (the default) or 4 */
     cublasHandle_t blas;
     cudnnDataType_t dtype;
     float *P, *G, *M, *S;       /* params, grads, momentum (nparams); state (nstate) */
@@ -1099,11 +1105,12 @@ static void layout_acts(Backend *be, Carver *cv)
     be->g[0] = carve(cv, be->max_act * E);
     be->g[1] = carve(cv, be->max_act * E);
     be->dr = carve(cv, be->max_act * E);
-    for (int l = 0; l < BRANCH_LANES(be); l++) {
+    for (int l = 0; l < SCRATCH_LANES(be); l++) {
         Lane *ln = &be->lane[l];
+        const int branch = l < BRANCH_LANES(be);
         ln->dc[0] = carve(cv, be->max_act * E);
-        ln->dc[1] = be->nlanes == 4 ? carve(cv, be->max_act * E) : ln->dc[0];
-        ln->dact = carve(cv, be->max_act * E);
+        ln->dc[1] = be->nlanes == 4 && branch ? carve(cv, be->max_act * E) : ln->dc[0];
+        ln->dact = branch ? carve(cv, be->max_act * E) : NULL;
     }
     be->dp1 = carve(cv, be->max_act * E);
     be->dp2 = carve(cv, be->max_act * E);
@@ -1775,14 +1782,14 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     /* a blocking stream: ordered after the default stream's copies and sets
      * (load, store, set_data use those) */
     CK(cudaStreamCreate(&be->stream));
-    /* SHAKE_CUDA_STREAMS: 2 (a block's branches side by side), 4 (their
-     * filter gradients beside them too) or 1 */
+    /* SHAKE_CUDA_STREAMS: 3 (a block's branches and its projection
+     * shortcut side by side), 4 (and the branches' filter gradients), 2
+     * (the branches only) or 1 */
     const char *streams = getenv("SHAKE_CUDA_STREAMS");
-    be->nlanes = 2;
+    be->nlanes = 3;
     if (streams) {
-        if (strcmp(streams, "1") != 0 && strcmp(streams, "2") != 0 &&
-            strcmp(streams, "4") != 0)
-            return err_set(e, "SHAKE_CUDA_STREAMS=%s: 1, 2 or 4", streams);
+        if (!(streams[0] >= '1' && streams[0] <= '4' && streams[1] == '\0'))
+            return err_set(e, "SHAKE_CUDA_STREAMS=%s: 1, 2, 3 or 4", streams);
         be->nlanes = streams[0] - '0';
     }
     be->lane[0].stream = be->stream;
@@ -1876,8 +1883,11 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
                 c->wlane = be->nlanes == 4 ? k + 2 : c->lane;
             }
         if (B->proj)
-            for (int p = 0; p < B->nsc; p++)
-                TRY(conv_init(be, &be->blk[b].sc[p], &B->sc[p], e));
+            for (int p = 0; p < B->nsc; p++) {
+                Conv *c = &be->blk[b].sc[p];
+                TRY(conv_init(be, c, &B->sc[p], e));
+                c->lane = c->wlane = SC_LANE(be);
+            }
     }
 
     const size_t np = m->nparams, ns = m->nstate;
@@ -1919,18 +1929,20 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     TRY(dev_alloc(be, (void **)&be->bn_arena, cv.used, "batch-norm statistics", e));
     cv = (Carver){(char *)be->bn_arena, 0};
     layout_bns(be, &cv);
-    for (int b = 0; b < m->nblocks; b++)
+    for (int b = 0; b < m->nblocks; b++) {
         for (int j = 0; j < m->blocks[b].nconv; j++)
             be->blk[b].bn[1][j].lane = be->blk[b].conv[1][j].lane;
+        be->blk[b].sc_bn.lane = SC_LANE(be);
+    }
     /* each lane's batch-norm scratch, in one buffer of each kind */
     const size_t part = (size_t)BN_MAX_CHUNKS * 2 * max_c;
-    const int branch_lanes = BRANCH_LANES(be);
-    TRY(dev_alloc(be, (void **)&be->lane[0].part, branch_lanes * part * sizeof(double),
+    const int scratch_lanes = SCRATCH_LANES(be);
+    TRY(dev_alloc(be, (void **)&be->lane[0].part, scratch_lanes * part * sizeof(double),
                   "batch-norm partial sums", e));
     TRY(dev_alloc(be, (void **)&be->lane[0].k1,
-                  branch_lanes * 3 * (size_t)max_c * sizeof(float), "batch-norm coefficients",
+                  scratch_lanes * 3 * (size_t)max_c * sizeof(float), "batch-norm coefficients",
                   e));
-    for (int l = 0; l < branch_lanes; l++) {
+    for (int l = 0; l < scratch_lanes; l++) {
         Lane *ln = &be->lane[l];
         ln->part = be->lane[0].part + l * part;
         ln->k1 = be->lane[0].k1 + (size_t)l * 3 * max_c;
@@ -2100,24 +2112,24 @@ static int cuda_store(Backend *be, float *params, float *state, float *momentum,
 /* ---- forward ---- */
 
 /* Lane `to` waits (on the device) for what lane `from` has queued so far:
- * a fork (to = 1) or a join (to = 0); nothing with one lane. */
+ * a fork (to > 0) or a join (to = 0); nothing when they are one lane. */
 static int lane_wait(Backend *be, int to, int from, Err *e)
 {
-    if (be->nlanes < 2)
+    if (be->nlanes < 2 || to == from)
         return 0;
     CK(cudaEventRecord(be->lane[from].mark, be->lane[from].stream));
     CK(cudaStreamWaitEvent(be->lane[to].stream, be->lane[from].mark, 0));
     return 0;
 }
 
-/* The dc buffer the next batch-norm backward on branch lane l writes: with
- * four lanes the two take turns, and one a filter gradient on the side
- * lane still reads is waited for. */
+/* The dc buffer the next batch-norm backward on lane l writes: with four
+ * lanes a branch lane's two take turns, and one a filter gradient on the
+ * side lane still reads is waited for. */
 static int dc_take(Backend *be, int l, void **dc, Err *e)
 {
     Lane *ln = &be->lane[l];
     const int i = ln->dc_next;
-    if (be->nlanes == 4)
+    if (be->nlanes == 4 && l < BRANCH_LANES(be))
         ln->dc_next = 1 - i;
     if (ln->dc_read[i]) {
         CK(cudaStreamWaitEvent(ln->stream, ln->dc_free[i], 0));
@@ -2162,8 +2174,11 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
                           tp<T>(x), in_count);
         bin = K->r;
     }
-    /* the branches, each on its lane; the shortcut on the main one */
+    /* the branches, each on its lane; a projection shortcut on its own */
+    const int sl = SC_LANE(be);
     TRY(lane_wait(be, 1, 0, e));
+    if (B->proj)
+        TRY(lane_wait(be, sl, 0, e));
     for (int k = 0; k < 2; k++) {
         const void *h = bin;
         for (int j = 0; j < B->nconv; j++) {
@@ -2179,19 +2194,22 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
     }
     const size_t orows = (size_t)n * B->oh * B->ow;
     if (B->proj) {
+        const cudaStream_t ss = be->lane[sl].stream;
         if (resnet) {
             const size_t pc = orows * B->cin;
-            LAUNCH(pool_shift_kernel, pc, tp<T>(K->p1), tp<T>(K->p2), tp<T>(K->r), n, B->ih,
-                   B->iw, B->cin, B->stride, B->oh, B->ow, m->spec.shift == SHIFT_REIMPL);
+            LAUNCH_ON_S(ss, pool_shift_kernel, blocks_for(pc), THREADS, tp<T>(K->p1),
+                        tp<T>(K->p2), tp<T>(K->r), n, B->ih, B->iw, B->cin, B->stride, B->oh,
+                        B->ow, m->spec.shift == SHIFT_REIMPL);
             TRY(conv_forward(be, be->s0, K->p1, &K->sc[0], n, e));
             TRY(conv_forward(be, be->s1, K->p2, &K->sc[1], n, e));
             const int ca = B->sc[0].cout, cb = B->sc[1].cout;
-            LAUNCH(concat_kernel, orows * B->cout, tp<T>(K->cat), tp<T>(be->s0), tp<T>(be->s1),
-                   orows, ca, cb);
+            LAUNCH_ON_S(ss, concat_kernel, blocks_for(orows * B->cout), THREADS, tp<T>(K->cat),
+                        tp<T>(be->s0), tp<T>(be->s1), orows, ca, cb);
         } else {
             TRY(conv_forward(be, K->cat, x, &K->sc[0], n, e));
         }
         TRY(bn_forward(be, &K->sc_bn, K->cat, orows, train, e));
+        TRY(lane_wait(be, 0, sl, e));
     }
     TRY(lane_wait(be, 0, 1, e));
     const Bn *b0 = &K->bn[0][last], *b1 = &K->bn[1][last];
@@ -2301,6 +2319,38 @@ static int forward_enqueue(Backend *be, int n, int train, Err *e)
 /* ---- backward ---- */
 
 /*
+ * A projection shortcut's backward on its lane, from g = d(out), as far as
+ * it goes without the branches: its batch norm's input gradient into the
+ * lane's dc (*dc), its filter gradients, and resnet's data gradients into
+ * be->dp1 and be->dp2 (resnext's goes into dx, after the branches', in
+ * block_backward).
+ */
+static int shortcut_backward(Backend *be, int b, const void *g, const void *mask, const void *x,
+                             int n, void **dc, Err *e)
+{
+    const Model *m = be->m;
+    const BlockDesc *B = &m->blocks[b];
+    Blk *K = &be->blk[b];
+    const int sl = SC_LANE(be);
+    const size_t orows = (size_t)n * B->oh * B->ow;
+    TRY(dc_take(be, sl, dc, e));
+    if (m->spec.arch == ARCH_RESNET) {
+        const int ca = B->sc[0].cout, cb = B->sc[1].cout;
+        TRY(bn_backward(be, *dc, g, NULL, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
+        LAUNCH_ON_S(be->lane[sl].stream, split_kernel, blocks_for(orows * B->cout), THREADS,
+                    tp<T>(be->s0), tp<T>(be->s1), tp<T>((const void *)*dc), orows, ca, cb);
+        TRY(conv_backward_filter(be, K->p1, be->s0, &K->sc[0], n, e));
+        TRY(conv_backward_filter(be, K->p2, be->s1, &K->sc[1], n, e));
+        TRY(conv_backward_data(be, be->dp1, be->s0, &K->sc[0], n, 0, e));
+        TRY(conv_backward_data(be, be->dp2, be->s1, &K->sc[1], n, 0, e));
+    } else {
+        TRY(bn_backward(be, *dc, g, mask, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
+        TRY(conv_backward_filter(be, x, *dc, &K->sc[0], n, e));
+    }
+    return 0;
+}
+
+/*
  * The gradient of block_forward. g (n, oh, ow, cout): d(out); dx (n, ih, iw,
  * cin) = d(x), overwritten; beta (n) on the device. Uses the lanes' dc and
  * dact, be->dr, be->dp1, be->dp2, be->s0, be->s1 as scratch.
@@ -2314,7 +2364,6 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     const int resnet = m->spec.arch == ARCH_RESNET;
     const int last = B->nconv - 1;
     const int ohw = B->oh * B->ow;
-    const size_t orows = (size_t)n * ohw;
     const size_t in_count = (size_t)n * B->cin * B->ih * B->iw;
     /* resnext: y = relu(sum), so every use of g is masked by out > 0 */
     const void *mask = resnet ? NULL : K->out;
@@ -2322,9 +2371,18 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     const void *bin = resnet ? K->r : x;
     void *dbin = resnet ? be->dr : dx;
 
+    /* a projection shortcut on a lane of its own starts first, beside the
+     * branches */
+    const int sl = SC_LANE(be);
+    const int sc_side = B->proj && sl != 0;
+    void *sdc = NULL;
+    TRY(lane_wait(be, 1, 0, e));
+    if (sc_side) {
+        TRY(lane_wait(be, sl, 0, e));
+        TRY(shortcut_backward(be, b, g, mask, x, n, &sdc, e));
+    }
     /* the branches, each on its lane; branch 1 adds its input gradient to
      * branch 0's once that is written */
-    TRY(lane_wait(be, 1, 0, e));
     for (int k = 0; k < 2; k++) {
         const int l = K->conv[k][0].lane;
         const Lane *ln = &be->lane[l];
@@ -2352,20 +2410,19 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     }
     TRY(lane_wait(be, 0, 1, e));
 
-    /* the shortcut, on the main lane: a projection's batch norm takes a dc */
-    void *dc = NULL;
-    if (B->proj)
-        TRY(dc_take(be, 0, &dc, e));
+    /* a shortcut that shares the main lane (one or two lanes): all of it
+     * here, after the branches (before them it would hold up branch 0, whose
+     * batch norms would also overwrite the dc resnext's data gradient reads) */
+    if (B->proj && !sc_side)
+        TRY(shortcut_backward(be, b, g, mask, x, n, &sdc, e));
+    if (!resnet && B->proj) {   /* its data gradient after the branches' */
+        TRY(lane_wait(be, sl, 0, e));
+        TRY(conv_backward_data(be, dx, sdc, &K->sc[0], n, 1, e));
+    }
+    if (sc_side)
+        TRY(lane_wait(be, 0, sl, e));
     if (resnet) {
         if (B->proj) {
-            const int ca = B->sc[0].cout, cb = B->sc[1].cout;
-            TRY(bn_backward(be, dc, g, NULL, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
-            LAUNCH(split_kernel, orows * B->cout, tp<T>(be->s0), tp<T>(be->s1),
-                   tp<T>((const void *)dc), orows, ca, cb);
-            TRY(conv_backward_filter(be, K->p1, be->s0, &K->sc[0], n, e));
-            TRY(conv_backward_filter(be, K->p2, be->s1, &K->sc[1], n, e));
-            TRY(conv_backward_data(be, be->dp1, be->s0, &K->sc[0], n, 0, e));
-            TRY(conv_backward_data(be, be->dp2, be->s1, &K->sc[1], n, 0, e));
             LAUNCH(pool_shift_backward_kernel, in_count, tp<T>(be->dr),
                    tp<T>((const void *)be->dp1), tp<T>((const void *)be->dp2), n, B->ih, B->iw,
                    B->cin, B->stride, B->oh, B->ow, m->spec.shift == SHIFT_REIMPL);
@@ -2375,11 +2432,7 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
         const void *gi = B->proj ? NULL : g;
         LAUNCH_PACKED(relu_backward_add_kernel, in_count, packable(be, B->cin, dx, be->dr, x, gi),
                       tp<T>(dx), tp<T>((const void *)be->dr), tp<T>(x), tp<T>(gi), in_count);
-    } else if (B->proj) {
-        TRY(bn_backward(be, dc, g, mask, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
-        TRY(conv_backward_filter(be, x, dc, &K->sc[0], n, e));
-        TRY(conv_backward_data(be, dx, dc, &K->sc[0], n, 1, e));
-    } else {
+    } else if (!B->proj) {
         LAUNCH(add_masked_kernel, in_count, tp<T>(dx), tp<T>(g), tp<T>((const void *)K->out),
                in_count);
     }

@@ -10,8 +10,8 @@
 #   the GPU and driver (nvidia-smi);
 #   test_cuda (cuda against ref in fp32 and bf16, device-side draws,
 #   checkpoints between backends, whole steps and CUDA graphs against the
-#   per-call path, one, two and four streams against each other bit for
-#   bit, a bad device);
+#   per-call path, one, two, three and four streams against each other bit
+#   for bit, a bad device);
 #   `sweep run --gpus 0` on a two-cell sweep (runs placed on the GPU);
 #   compute-sanitizer memcheck over a few training steps: `sweep train` on
 #   the whole-step path (data on the GPU, a captured and a replayed graph),
@@ -26,8 +26,9 @@
 #   measure for both: peak minus what was in use before the run); the bf16
 #   epochs again with SHAKE_CUDA_FIND=1 (cuDNN's timed algorithms), with
 #   SHAKE_CUDA_STREAMS=1 (a block's branches one after the other, not side
-#   by side) and SHAKE_CUDA_STREAMS=4 (their filter gradients beside them
-#   as well); the ResNeXt 29 2x4x64d through bench_train;
+#   by side), =3 (the projection shortcuts beside them) and =4 (the
+#   branches' filter gradients beside them as well); the ResNeXt 29 2x4x64d
+#   through bench_train;
 #   Nsight Compute's time of each kernel of a 2x32d bf16 step (profile.txt).
 # The tests need no fixtures from the source tree: their data is synthetic
 # and their scratch folders go to $TMPDIR or /tmp.
@@ -307,11 +308,14 @@ theirs 96 bf16
 # default: whether the fastest algorithms beat the first deterministic ones
 SHAKE_CUDA_FIND=1 epoch_run 32 bf16 find
 SHAKE_CUDA_FIND=1 epoch_run 96 bf16 find
-# the branches on one stream, and with their filter gradients on four,
-# against two (the default)
+# everything on one stream, the branches on two (the shortcuts with branch
+# 0), and with the branches' filter gradients on a fourth, against three
+# (the default: branches and projection shortcuts side by side)
 SHAKE_CUDA_STREAMS=1 epoch_run 32 bf16 1stream
+SHAKE_CUDA_STREAMS=2 epoch_run 32 bf16 2streams
 SHAKE_CUDA_STREAMS=4 epoch_run 32 bf16 4streams
 SHAKE_CUDA_STREAMS=1 epoch_run 96 bf16 1stream
+SHAKE_CUDA_STREAMS=2 epoch_run 96 bf16 2streams
 SHAKE_CUDA_STREAMS=4 epoch_run 96 bf16 4streams
 if [ "$quick" != 1 ]; then
     epoch_run 32 fp32
