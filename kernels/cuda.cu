@@ -1296,6 +1296,30 @@ static int find_scratch(Backend *be, Err *e)
     return 0;
 }
 
+/* SHAKE_CUDA_VERBOSE with SHAKE_CUDA_FIND: every candidate cuDNN timed for
+ * one direction of cv at batch n, in its order (fastest first) */
+template <typename Perf>
+static void print_found(const Backend *be, const Conv *cv, int n, const char *what,
+                        const Perf *pf, int got)
+{
+    if (!be->verbose)
+        return;
+    const ConvDesc *d = cv->d;
+    for (int i = 0; i < got; i++) {
+        fprintf(stderr, "cuda: find: %dx%d conv %d -> %d (stride %d, groups %d, %dx%d) at batch %d, "
+                        "%s, %s: algo %d math %d, ", d->k, d->k, d->cin, d->cout, d->stride,
+                d->groups, d->ih, d->iw, n, be->use_bf16 ? "bf16" : "fp32", what,
+                (int)pf[i].algo, (int)pf[i].mathType);
+        if (pf[i].status != CUDNN_STATUS_SUCCESS)
+            fprintf(stderr, "%s\n", cudnnGetErrorString(pf[i].status));
+        else
+            fprintf(stderr, "%.4f ms, %s, workspace %zu\n", pf[i].time,
+                    pf[i].determinism == CUDNN_DETERMINISTIC ? "deterministic"
+                                                             : "nondeterministic",
+                    pf[i].memory);
+    }
+}
+
 /* Descriptors and algorithm candidates for batch n (kept until n changes). */
 static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
 {
@@ -1341,11 +1365,12 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
         TRY(find_scratch(be, e));
     void *fx = be->find_x, *fy = be->find_y, *fw = be->find_w, *fws = be->find_ws;
     cudnnConvolutionFwdAlgoPerf_t pf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    if (be->find)
+    if (be->find) {
         CKDNN(cudnnFindConvolutionForwardAlgorithmEx(h, cv->x, fx, cv->w, fw, cv->conv, cv->y,
                                                      fy, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
                                                      pf, fws, WS_CAP));
-    else
+        print_found(be, cv, n, "forward", pf, got);
+    } else
         CKDNN(cudnnGetConvolutionForwardAlgorithm_v7(h, cv->x, cv->w, cv->conv, cv->y,
                                                      CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
                                                      pf));
@@ -1355,11 +1380,12 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     FILL_ALGOS(cv->fwd, pf, got, fwd_ok, fwd_ws);
     WIDEST_MATH();
     cudnnConvolutionBwdDataAlgoPerf_t pd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    if (be->find)
+    if (be->find) {
         CKDNN(cudnnFindConvolutionBackwardDataAlgorithmEx(
             h, cv->w, fw, cv->y, fy, cv->conv, cv->x, fx, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
             &got, pd, fws, WS_CAP));
-    else
+        print_found(be, cv, n, "backward data", pd, got);
+    } else
         CKDNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cv->w, cv->y, cv->conv, cv->x,
                                                           CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
                                                           &got, pd));
@@ -1372,11 +1398,12 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     need = 0;
     WIDEST_MATH();
     cudnnConvolutionBwdFilterAlgoPerf_t pw[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    if (be->find)
+    if (be->find) {
         CKDNN(cudnnFindConvolutionBackwardFilterAlgorithmEx(
             h, cv->x, fx, cv->y, fy, cv->conv, cv->w, fw, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
             &got, pw, fws, WS_CAP));
-    else
+        print_found(be, cv, n, "backward filter", pw, got);
+    } else
         CKDNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
             h, cv->x, cv->y, cv->conv, cv->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got,
             pw));

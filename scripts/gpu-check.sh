@@ -12,6 +12,8 @@
 #   checkpoints between backends, whole steps and CUDA graphs against the
 #   per-call path, one, two, three and four streams against each other bit
 #   for bit, a bad device);
+#   the cuDNN algorithms the backend picks for 26 2x32d (SHAKE_CUDA_VERBOSE),
+#   and every candidate's time as cuDNN's Find measures it (bf16);
 #   `sweep run --gpus 0` on a two-cell sweep (runs placed on the GPU);
 #   compute-sanitizer memcheck over a few training steps: `sweep train` on
 #   the whole-step path (data on the GPU, a captured and a replayed graph),
@@ -35,7 +37,8 @@
 #
 # Logs go to $OUT (the device tool's folder there; ./gpu-out elsewhere), in
 # the few files the device tool brings back: system.txt, tests.log,
-# algos.txt (the cuDNN algorithms picked), sanitizer.log, bench.log,
+# algos.txt (the cuDNN algorithms picked), algos-find.txt (each candidate's
+# time as cuDNN's Find measured it), sanitizer.log, bench.log,
 # profile.txt and summary.txt, the table printed last.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -48,6 +51,7 @@ trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
 : >"$out/tests.log"
 : >"$out/algos.txt"
+: >"$out/algos-find.txt"
 : >"$out/sanitizer.log"
 : >"$out/bench.log"
 
@@ -173,6 +177,15 @@ for p in $precisions; do
     note "algos-$p" "$(verdict $rc)" "$secs" \
         "$(grep -c '^cuda: ' "$tmp/algos-$p.out") convolutions in algos.txt"
 done
+# every candidate cuDNN's Find times, with its time (SHAKE_CUDA_FIND=1): how
+# far the heuristics' picks above are from the fastest, convolution by
+# convolution
+run_step algos-find-bf16 "$out/algos-find.txt" 90 env SHAKE_CUDA_VERBOSE=1 SHAKE_CUDA_FIND=1 \
+    "$bin/sweep" train dataset=synthetic backend=cuda precision=bf16 depth=26 width=32 \
+    batch=128 steps=3 epochs=1 out="$tmp/algos-find-bf16"
+[ "$rc" = 0 ] || status=1
+note algos-find-bf16 "$(verdict $rc)" "$secs" \
+    "$(grep -c '^cuda: find: ' "$tmp/algos-find-bf16.out") candidates timed in algos-find.txt"
 
 # ---- the orchestrator placing runs on the GPU (sweep run --gpus 0) ----
 # two cells of a small network, one short epoch each on synthetic data; the
