@@ -186,6 +186,14 @@ run_step algos-find-bf16 "$out/algos-find.txt" 90 env SHAKE_CUDA_VERBOSE=1 SHAKE
 [ "$rc" = 0 ] || status=1
 note algos-find-bf16 "$(verdict $rc)" "$secs" \
     "$(grep -c '^cuda: find: ' "$tmp/algos-find-bf16.out") candidates timed in algos-find.txt"
+if [ "$rc" = 0 ] && "$py" scripts/find_gap.py "$tmp/algos-bf16.out" "$tmp/algos-find-bf16.out" \
+    >"$tmp/find-gap.txt" 2>&1; then
+    cat "$tmp/find-gap.txt" >>"$out/algos-find.txt"
+    note find-gap pass 0 "$(sed -n 's/^all  *//p' "$tmp/find-gap.txt" | awk \
+        '{printf "ms a step: heuristics %s, fastest det. %s, any %s", $1, $2, $3}')"
+else
+    note find-gap "not run" 0 "$(tail -n 1 "$tmp/find-gap.txt" 2>/dev/null | cut -c1-80)"
+fi
 
 # ---- the orchestrator placing runs on the GPU (sweep run --gpus 0) ----
 # two cells of a small network, one short epoch each on synthetic data; the
