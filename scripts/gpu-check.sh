@@ -15,6 +15,8 @@
 #   the cuDNN algorithms the backend picks for 26 2x32d (SHAKE_CUDA_VERBOSE),
 #   and every candidate's time as cuDNN's Find measures it (bf16);
 #   `sweep run --gpus 0` on a two-cell sweep (runs placed on the GPU);
+#   20 steps of 26 2x32d bf16 with 1 (twice), 2, 3 and 4 streams, the
+#   checkpoints compared bit for bit (scripts/ckpt_same.py);
 #   compute-sanitizer memcheck over a few training steps: `sweep train` on
 #   the whole-step path (data on the GPU, a captured and a replayed graph),
 #   then bench_train's per-call path (a ResNet in fp32, a ResNeXt in bf16);
@@ -217,6 +219,25 @@ run_step sweep-gpus "$out/tests.log" 90 bash -c '
         "$0" show 2 --db s.db | grep "backend cuda on cuda:0"' "$PWD/$bin/sweep" "$tmp"
 [ "$rc" = 0 ] || status=1
 note sweep-gpus "$(verdict $rc)" "$secs" "$(grep -m1 'done, ' "$tmp/sweep-gpus.out" | cut -c1-80)"
+
+# ---- the stream counts at full size: the same weights, bit for bit ----
+# 20 steps of 26 2x32d bf16 (2 eager, 18 replayed from the graph) with 1, 2,
+# 3 and 4 streams, and with 1 again (whether a run repeats itself at all);
+# every tensor of the checkpoints must agree to the bit (a missing wait
+# between streams is a race, likelier at these sizes than in test_cuda's
+# small networks)
+# shellcheck disable=SC2016  # expanded by the inner shell
+run_step streams-bitwise "$out/tests.log" 120 bash -c '
+    for r in 1 1-again 2 3 4; do
+        SHAKE_CUDA_STREAMS=${r%-again} "$0" train dataset=synthetic backend=cuda precision=bf16 depth=26 \
+            width=32 batch=128 steps=20 epochs=1 out="$1/streams-$r" >"$1/streams-$r.out" 2>&1 ||
+            { cat "$1/streams-$r.out"; exit 1; }
+    done
+    "$2" scripts/ckpt_same.py "$1"/streams-{1,1-again,2,3,4}/checkpoint.safetensors' \
+    "$bin/sweep" "$tmp" "$py"
+[ "$rc" = 0 ] || status=1
+note streams-bitwise "$(verdict $rc)" "$secs" \
+    "$(grep -c 'bit for bit' "$tmp/streams-bitwise.out") of 4 runs as 1 stream's, 26 2x32d"
 
 # ---- memcheck ----
 san=$(command -v compute-sanitizer ||
