@@ -1908,13 +1908,16 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
                 TRY(conv_init(be, c, &B->conv[k][j], e));
                 c->lane = be->nlanes >= 2 ? k : 0;
                 c->wlane = be->nlanes == 4 ? k + 2 : c->lane;
+                be->blk[b].bn[k][j].lane = c->lane;
             }
-        if (B->proj)
+        if (B->proj) {
             for (int p = 0; p < B->nsc; p++) {
                 Conv *c = &be->blk[b].sc[p];
                 TRY(conv_init(be, c, &B->sc[p], e));
                 c->lane = c->wlane = SC_LANE(be);
             }
+            be->blk[b].sc_bn.lane = SC_LANE(be);
+        }
     }
 
     const size_t np = m->nparams, ns = m->nstate;
@@ -1956,11 +1959,6 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     TRY(dev_alloc(be, (void **)&be->bn_arena, cv.used, "batch-norm statistics", e));
     cv = (Carver){(char *)be->bn_arena, 0};
     layout_bns(be, &cv);
-    for (int b = 0; b < m->nblocks; b++) {
-        for (int j = 0; j < m->blocks[b].nconv; j++)
-            be->blk[b].bn[1][j].lane = be->blk[b].conv[1][j].lane;
-        be->blk[b].sc_bn.lane = SC_LANE(be);
-    }
     /* each lane's batch-norm scratch, in one buffer of each kind */
     const size_t part = (size_t)BN_MAX_CHUNKS * 2 * max_c;
     const int scratch_lanes = SCRATCH_LANES(be);
