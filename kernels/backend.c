@@ -50,6 +50,11 @@ long backend_cuda_graph_launches(const Backend *b)
     return 0;
 }
 
+int backend_cuda_merged_blocks(const Backend *b)
+{
+    return 0;
+}
+
 int backend_cuda_data_batch(float *x, int *labels, const Dataset *d, const int *idx, int count,
                             uint64_t seed, int epoch, int augment, int device, Err *e)
 {

@@ -125,6 +125,9 @@ int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint6
 /* How many training steps a cuda backend has run as a replayed CUDA graph
  * (tests: graphs are in use). Only for a backend made by backend_cuda. */
 long backend_cuda_graph_launches(const Backend *b);
+/* How many blocks of a cuda backend run their branches' first convolutions
+ * as one (SHAKE_CUDA_MERGE). Only for a backend made by backend_cuda. */
+int backend_cuda_merged_blocks(const Backend *b);
 /* data_batch (core/data.h) computed on the device from d's bytes: x
  * (count, c, h, w) and labels (count) as data_batch fills them. */
 int backend_cuda_data_batch(float *x, int *labels, const Dataset *d, const int *idx, int count,

@@ -26,6 +26,15 @@
  * folds in the shake coefficient beta (or 1 - beta) and the ReLU mask, so
  * the shake backward and ReLU backward cost no pass of their own.
  *
+ * A block's two branches start with convolutions of the same input and the
+ * same shape, so they run as one with both filter sets (Blk.merged; the
+ * filters adjacent in Wc and Gc): one wider output, of which each branch's
+ * batch norm reads its half (rows ld = 2c elements apart), one filter
+ * gradient from both halves of the output gradient, and one data gradient
+ * that is already the sum of the branches'. Wider convolutions fill the
+ * tensor cores' tiles better than two narrow ones, and the input is read
+ * once. SHAKE_CUDA_MERGE=0 runs them apart (for comparison).
+ *
  * Two ways to train. Per call (forward, backward, update with host data and
  * coefficients), as the other backends and the tests use it; or whole steps
  * (set_data, train_step): the data sets' bytes stay on the GPU and a step --
@@ -40,7 +49,8 @@
  * same n; gradients are overwritten by each backward (each parameter is used
  * once per step). All work is queued on the main stream but a block's
  * second branch, which runs beside the first on a second stream (and with
- * four lanes the filter gradients, on two more; see Lane); calls that
+ * three lanes the projection shortcut, with four the filter gradients; see
+ * Lane); calls that
  * return data to the host synchronize the main stream, which has waited
  * for the others by then. A captured graph holds buffer addresses, so
  * every reallocation drops it (graph_drop).
@@ -205,16 +215,26 @@ __device__ __forceinline__ float bn_at(const BnAffine &a, float x, int ch)
     return (x - a.center[ch]) * a.scale[ch] + a.beta[ch];
 }
 
-/* y (rows, c) = bn(x), then ReLU if relu */
+/*
+ * Element i of a (rows, c) tensor whose rows are ld elements apart: a batch
+ * norm's input (and its gradient) can be one branch's channels of a
+ * convolution that computed both branches at once (ld = 2c).
+ */
+__device__ __forceinline__ unsigned at_ld(unsigned i, int c, int ld)
+{
+    return ld == c ? i : i / (unsigned)c * (unsigned)ld + i % (unsigned)c;
+}
+
+/* y (rows, c) = bn(x), then ReLU if relu; x's rows ld apart */
 template <typename P>
 __global__ void bn_apply_kernel(typename P::T *y, const typename P::T *x, BnAffine a, size_t rows,
-                                int c, int relu)
+                                int c, int ld, int relu)
 {
     typedef typename P::T T;
     FOR_EACH(t, rows * c / P::V) {
         const unsigned i = t * P::V;
         const int ch = (int)(i % c);
-        P in = load_pack<P>(x, i), out;
+        P in = load_pack<P>(x, at_ld(i, c, ld)), out;
 #pragma unroll
         for (int k = 0; k < P::V; k++) {
             float v = bn_at(a, to_f(in.v[k]), ch + k);
@@ -629,7 +649,8 @@ __device__ __forceinline__ void dy_pack(float *g, const DySource<typename P::T> 
 }
 
 template <typename T>
-__global__ void bn_stats_partial_kernel(double *part, const T *x, size_t rows, int c, int chunks)
+__global__ void bn_stats_partial_kernel(double *part, const T *x, size_t rows, int c, int ld,
+                                        int chunks)
 {
     __shared__ double s1[BN_TY][BN_TX], s2[BN_TY][BN_TX];
     const int ch = blockIdx.x * BN_TX + threadIdx.x;
@@ -638,7 +659,7 @@ __global__ void bn_stats_partial_kernel(double *part, const T *x, size_t rows, i
     double a = 0.0, b = 0.0;
     if (ch < c)
         for (size_t r = r0 + threadIdx.y; r < r1; r += BN_TY) {
-            double v = to_f(x[r * c + ch]);
+            double v = to_f(x[r * ld + ch]);
             a += v;
             b += v * v;
         }
@@ -657,7 +678,7 @@ __global__ void bn_stats_partial_kernel(double *part, const T *x, size_t rows, i
 
 template <typename T>
 __global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x,
-                                       const float *mean, size_t rows, int c, int chunks)
+                                       const float *mean, size_t rows, int c, int ld, int chunks)
 {
     __shared__ double s1[BN_TY][BN_TX], s2[BN_TY][BN_TX];
     const int ch = blockIdx.x * BN_TX + threadIdx.x;
@@ -672,7 +693,7 @@ __global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x
             dy_pack<Pack<T, 1>>(&gv, src, (unsigned)r, i);
             double g = gv;
             a += g;
-            b += g * (double)(to_f(x[i]) - mu);
+            b += g * (double)(to_f(x[r * ld + ch]) - mu);
         }
     }
     s1[threadIdx.y][threadIdx.x] = a;
@@ -704,7 +725,7 @@ enum { BN_PACK_THREADS = 256, BN_PACK_ROWS = 32 };
 template <typename P>
 __global__ void bn_grad_packed_kernel(double *part, DySource<typename P::T> src,
                                       const typename P::T *x, const float *mean, size_t rows,
-                                      int c, int chunks)
+                                      int c, int ld, int chunks)
 {
     enum { V = P::V };
     __shared__ double sh[BN_PACK_THREADS * 2 * V];
@@ -721,7 +742,7 @@ __global__ void bn_grad_packed_kernel(double *part, DySource<typename P::T> src,
     }
     for (size_t r = b0 + r0; r < b1; r += R) {
         const unsigned i = (unsigned)r * c + g * V;
-        const P xv = load_pack<P>(x, i);
+        const P xv = load_pack<P>(x, (unsigned)r * ld + g * V);
         float gv[V];
         dy_pack<P>(gv, src, (unsigned)r, i);
 #pragma unroll
@@ -848,13 +869,14 @@ __global__ void bn_grad_final_kernel(float *k1, float *k2, float *k3, float *dga
 template <typename P>
 __global__ void bn_grad_apply_kernel(typename P::T *dx, DySource<typename P::T> src,
                                      const typename P::T *x, const float *mean, const float *k1,
-                                     const float *k2, const float *k3, size_t rows, int c)
+                                     const float *k2, const float *k3, size_t rows, int c, int ld)
 {
     typedef typename P::T T;
     FOR_EACH(t, rows * c / P::V) {
         const unsigned i = t * P::V;
         const int ch = (int)(i % c);
-        const P xs = load_pack<P>(x, i);
+        const unsigned il = at_ld(i, c, ld);    /* x's and dx's element */
+        const P xs = load_pack<P>(x, il);
         P y;
         float g[P::V];
         dy_pack<P>(g, src, i / c, i);
@@ -863,7 +885,7 @@ __global__ void bn_grad_apply_kernel(typename P::T *dx, DySource<typename P::T> 
             const int cc = ch + k;
             y.v[k] = from_f<T>(k1[cc] * g[k] + k2[cc] * (to_f(xs.v[k]) - mean[cc]) + k3[cc]);
         }
-        store_pack(dx, i, y);
+        store_pack(dx, il, y);
     }
 }
 
@@ -879,7 +901,7 @@ typedef struct {
     int count, cur;             /* cur: the one in use */
 } AlgoList;
 
-typedef struct {
+typedef struct Conv {
     const ConvDesc *d;
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t w;
@@ -889,6 +911,9 @@ typedef struct {
     int wlane;                  /* the lane of its filter gradient */
     int n;                      /* batch the descriptors and algorithms are for; 0: none */
     size_t slot;                /* element offset of its weights in Wc and Gc */
+    struct Conv *mate;          /* a conv whose weights follow these in Wc and Gc */
+    int placed;                 /* its slot follows another's (it is a mate) */
+    int idle;                   /* never runs: its block's merged conv does its work */
     /* the algorithms of the last few batch sizes: training's full and last
      * batches and evaluation's alternate every epoch, and cuDNN's
      * heuristics take long enough to show in an epoch's time */
@@ -907,6 +932,7 @@ static size_t conv_weights(const ConvDesc *d)
 typedef struct {
     const BnDesc *d;
     int lane;                   /* the lane its kernels run on */
+    int ld;                     /* elements between rows of its input and input gradient */
     float *mean, *rstd;         /* batch statistics, saved for backward (c) */
     float *scale;               /* gamma * rstd, batch or running (c) */
     int train;                  /* what the last bn_forward computed */
@@ -921,6 +947,12 @@ typedef struct {
     void *out;                  /* the block's output (n, oh, ow, cout) */
     Conv conv[2][3], sc[2];
     Bn bn[2][3], sc_bn;
+    /* merged: both branches' first convolutions as one (mconv, cout 2c:
+     * branch 0's filters, then branch 1's, adjacent in Wc and Gc), into
+     * one (rows, 2c) tensor of which c[0][0] and c[1][0] are the halves */
+    int merged;
+    ConvDesc mdesc;
+    Conv mconv;
 } Blk;
 
 /*
@@ -995,8 +1027,15 @@ struct Backend {
     void *g[2], *dr, *dp1, *dp2, *s0, *s1;
     size_t max_act;
     int max_c;
-    int nconvs;
-    Conv **convs;               /* every conv, for layout and precision work */
+    int nconvs;                 /* convs[0..nconvs): every conv, for algorithms and destroy */
+    int nweighted;              /* convs[0..nweighted): those with weights of their own */
+    Conv **convs;
+    /* SHAKE_CUDA_MERGE (default 1): a block's two first convolutions, of
+     * the same input, run as one (Blk.merged); mdc: the (rows, 2c) output
+     * gradient of such a merged convolution */
+    int merge;
+    void *mdc;
+    size_t mdc_count;
     void *act_arena;
     /* set_data: the data sets' bytes and labels; batch: its indices */
     uint8_t *pixels[2];
@@ -1088,7 +1127,12 @@ static void layout_acts(Backend *be, Carver *cv)
         K->r = resnet ? carve(cv, (size_t)N * B->cin * B->ih * B->iw * E) : NULL;
         for (int k = 0; k < 2; k++)
             for (int j = 0; j < B->nconv; j++) {
-                K->c[k][j] = carve(cv, conv_out_count(&B->conv[k][j], N) * E);
+                const size_t count = conv_out_count(&B->conv[k][j], N);
+                if (j == 0 && K->merged) /* halves of one (rows, 2c) tensor */
+                    K->c[k][j] = k == 0 ? carve(cv, 2 * count * E)
+                                        : (char *)K->c[0][0] + (size_t)B->conv[0][0].cout * E;
+                else
+                    K->c[k][j] = carve(cv, count * E);
                 if (j < B->nconv - 1)
                     K->act[k][j] = carve(cv, conv_out_count(&B->conv[k][j], N) * E);
             }
@@ -1112,6 +1156,7 @@ static void layout_acts(Backend *be, Carver *cv)
         ln->dc[1] = be->nlanes == 4 && branch ? carve(cv, be->max_act * E) : ln->dc[0];
         ln->dact = branch ? carve(cv, be->max_act * E) : NULL;
     }
+    be->mdc = carve(cv, be->mdc_count * E);
     be->dp1 = carve(cv, be->max_act * E);
     be->dp2 = carve(cv, be->max_act * E);
     be->s0 = carve(cv, be->max_act * E);
@@ -1121,6 +1166,7 @@ static void layout_acts(Backend *be, Carver *cv)
 static void layout_bn(Bn *bn, const BnDesc *d, Carver *cv)
 {
     bn->d = d;
+    bn->ld = d->c;
     bn->mean = (float *)carve(cv, d->c * sizeof(float));
     bn->rstd = (float *)carve(cv, d->c * sizeof(float));
     bn->scale = (float *)carve(cv, d->c * sizeof(float));
@@ -1133,8 +1179,12 @@ static void layout_bns(Backend *be, Carver *cv)
     for (int b = 0; b < m->nblocks; b++) {
         const BlockDesc *B = &m->blocks[b];
         for (int k = 0; k < 2; k++)
-            for (int j = 0; j < B->nconv; j++)
-                layout_bn(&be->blk[b].bn[k][j], &B->bn[k][j], cv);
+            for (int j = 0; j < B->nconv; j++) {
+                Bn *bn = &be->blk[b].bn[k][j];
+                layout_bn(bn, &B->bn[k][j], cv);
+                if (j == 0 && be->blk[b].merged)
+                    bn->ld = 2 * bn->d->c;
+            }
         if (B->proj)
             layout_bn(&be->blk[b].sc_bn, &B->sc_bn, cv);
     }
@@ -1285,7 +1335,12 @@ static int find_scratch(Backend *be, Err *e)
 {
     if (be->find_ws)
         return 0;
-    const size_t act = be->max_act * be->esize, w = be->seg_max * be->esize;
+    /* the largest input, output and filters of any conv, merged ones included */
+    size_t act = be->max_act > be->mdc_count ? be->max_act : be->mdc_count, w = 1;
+    for (int i = 0; i < be->nconvs; i++)
+        w = conv_weights(be->convs[i]->d) > w ? conv_weights(be->convs[i]->d) : w;
+    act *= be->esize;
+    w *= be->esize;
     TRY(dev_alloc(be, &be->find_x, act, "the algorithm search's input", e));
     TRY(dev_alloc(be, &be->find_y, act, "the algorithm search's output", e));
     TRY(dev_alloc(be, &be->find_w, w, "the algorithm search's weights", e));
@@ -1584,7 +1639,7 @@ template <typename T> static const T *tp(const void *p) { return (const T *)p; }
 /* Wc from the float32 parameters (after load and every update) */
 static int weights_refresh(Backend *be, Err *e)
 {
-    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nconvs);
+    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nweighted);
     LAUNCH_ON(slots_kernel, grid, THREADS, tp<T>(be->Wc), be->P, be->segs, 1);
     return 0;
 }
@@ -1628,7 +1683,7 @@ static unsigned bn_pack_shape(const Backend *be, size_t rows, int c, unsigned *t
 }
 
 /* Statistics (training) or running statistics (evaluation) into bn's
- * scale and shift; x (rows, c). */
+ * scale and shift; x (rows, c), rows bn->ld apart. */
 static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train, Err *e)
 {
     const BnDesc *d = bn->d;
@@ -1644,7 +1699,7 @@ static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train
     unsigned chunks = bn_chunks(be, rows, c);
     dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
     LAUNCH_ON_S(ln->stream, bn_stats_partial_kernel, grid, block, ln->part, tp<T>(x), rows, c,
-                (int)chunks);
+                bn->ld, (int)chunks);
     const dim3 fgrid((c + BN_TX - 1) / BN_TX), fblock(BN_TX, BN_FY);
     KERNEL(bn_stats_final_kernel, fgrid, fblock, ln->stream)(
         bn->mean, bn->rstd, bn->scale, be->S + d->mean, be->S + d->var, ln->part, (int)chunks, c,
@@ -1666,14 +1721,15 @@ static int bn_apply(Backend *be, void *y, const void *x, const Bn *bn, size_t ro
 {
     const int c = bn->d->c;
     LAUNCH_PACKED_S(be->lane[bn->lane].stream, bn_apply_kernel, rows * c, packable(be, c, y, x),
-                    tp<T>(y), tp<T>(x), affine(be, bn), rows, c, relu);
+                    tp<T>(y), tp<T>(x), affine(be, bn), rows, c, bn->ld, relu);
     return 0;
 }
 
 /*
  * The batch norm's input gradient dx (rows, c) =, from its output gradient
  * described by (d, m, coef, one_minus) as DySource; gamma and beta
- * gradients overwritten. hw: rows per image (for coef).
+ * gradients overwritten. hw: rows per image (for coef). x's and dx's rows
+ * are bn->ld apart, d's and m's c.
  */
 template <typename T>
 static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, const float *coef,
@@ -1689,14 +1745,14 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
         unsigned threads;
         chunks = bn_pack_shape(be, rows, c, &threads);
         KERNEL(bn_grad_packed_kernel<P>, chunks, threads, ln->stream)(ln->part, src, (const T *)x,
-                                                                      bn->mean, rows, c,
+                                                                      bn->mean, rows, c, bn->ld,
                                                                       (int)chunks);
         CKLAUNCH();
     } else {
         chunks = bn_chunks(be, rows, c);
         dim3 grid((c + BN_TX - 1) / BN_TX, chunks), block(BN_TX, BN_TY);
         KERNEL(bn_grad_partial_kernel<T>, grid, block, ln->stream)(ln->part, src, (const T *)x,
-                                                                  bn->mean, rows, c,
+                                                                  bn->mean, rows, c, bn->ld,
                                                                   (int)chunks);
         CKLAUNCH();
     }
@@ -1706,7 +1762,7 @@ static int bn_backward_t(Backend *be, void *dx, const void *d, const void *m, co
         (double)rows, bn->rstd, be->P + bd->gamma);
     CKLAUNCH();
     LAUNCH_PACKS(ln->stream, bn_grad_apply_kernel, rows * c, packable(be, c, dx, d, m, x),
-                 (T *)dx, src, (const T *)x, bn->mean, ln->k1, ln->k2, ln->k3, rows, c);
+                 (T *)dx, src, (const T *)x, bn->mean, ln->k1, ln->k2, ln->k3, rows, c, bn->ld);
     return 0;
 }
 
@@ -1866,6 +1922,15 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         be->bn_max_chunks = (int)v;
     }
     be->require_graphs = graphs && strcmp(graphs, "require") == 0;
+    /* SHAKE_CUDA_MERGE: 1 (the default) runs a block's two first
+     * convolutions as one, 0 each on its own (for comparison) */
+    const char *merge = getenv("SHAKE_CUDA_MERGE");
+    be->merge = 1;
+    if (merge) {
+        if (!((merge[0] == '0' || merge[0] == '1') && merge[1] == '\0'))
+            return err_set(e, "SHAKE_CUDA_MERGE=%s: 0 or 1", merge);
+        be->merge = merge[0] == '1';
+    }
 
     /* sizes: the largest activation and channel count */
     size_t max_act = (size_t)N * m->spec.in_c * m->spec.in_h * m->spec.in_w;
@@ -1896,7 +1961,7 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
 
     /* every conv: stem, branches, shortcuts */
     be->blk = (Blk *)calloc((size_t)m->nblocks, sizeof(Blk));
-    be->convs = (Conv **)calloc((size_t)1 + (size_t)m->nblocks * 8, sizeof(Conv *));
+    be->convs = (Conv **)calloc((size_t)1 + (size_t)m->nblocks * 9, sizeof(Conv *));
     if (!be->blk || !be->convs)
         return err_set(e, "cuda backend: out of host memory");
     TRY(conv_init(be, &be->stem_conv, &m->stem_conv, e));
@@ -1919,6 +1984,31 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
             be->blk[b].sc_bn.lane = SC_LANE(be);
         }
     }
+    be->nweighted = be->nconvs;
+    /* merged first convolutions: the same input, so one convolution with
+     * both branches' filters (cout 2c) on the main lane; its filter
+     * gradient too, and its data gradient is the sum of the branches' */
+    be->mdc_count = 0;
+    for (int b = 0; b < m->nblocks; b++) {
+        const BlockDesc *B = &m->blocks[b];
+        Blk *K = &be->blk[b];
+        const ConvDesc *c0 = &B->conv[0][0], *c1 = &B->conv[1][0];
+        K->merged = be->merge && B->nconv >= 2 && c0->groups == 1 && c1->groups == 1 &&
+                    c0->cin == c1->cin && c0->cout == c1->cout && c0->k == c1->k &&
+                    c0->stride == c1->stride && c0->pad == c1->pad && c0->ih == c1->ih &&
+                    c0->iw == c1->iw && 2 * conv_out_count(c0, N) < ((size_t)1 << 31);
+        if (!K->merged)
+            continue;
+        K->mdesc = *c0;
+        K->mdesc.cout = 2 * c0->cout;
+        TRY(conv_init(be, &K->mconv, &K->mdesc, e));
+        K->mconv.lane = K->mconv.wlane = 0;
+        K->conv[0][0].mate = &K->conv[1][0];
+        K->conv[1][0].placed = 1;
+        K->conv[0][0].idle = K->conv[1][0].idle = 1;
+        const size_t mc = conv_out_count(&K->mdesc, N);
+        be->mdc_count = mc > be->mdc_count ? mc : be->mdc_count;
+    }
 
     const size_t np = m->nparams, ns = m->nstate;
     TRY(dev_alloc(be, (void **)&be->P, np * 4, "parameters", e));
@@ -1928,26 +2018,37 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     CK(cudaMemset(be->G, 0, np * 4));
     CK(cudaMemset(be->M, 0, np * 4));
     size_t slots = 0;
-    for (int i = 0; i < be->nconvs; i++) {
-        be->convs[i]->slot = slots;
-        slots += (conv_weights(be->convs[i]->d) + 127) / 128 * 128;
+    for (int i = 0; i < be->nweighted; i++) {
+        Conv *c = be->convs[i];
+        if (c->placed)          /* by its mate, below */
+            continue;
+        c->slot = slots;
+        size_t w = conv_weights(c->d);
+        if (c->mate) {
+            c->mate->slot = slots + w;
+            w += conv_weights(c->mate->d);
+        }
+        slots += (w + 127) / 128 * 128;
     }
+    for (int b = 0; b < m->nblocks; b++)
+        if (be->blk[b].merged)
+            be->blk[b].mconv.slot = be->blk[b].conv[0][0].slot;
     TRY(dev_alloc(be, &be->Wc, slots * be->esize, "convolution weights", e));
     TRY(dev_alloc(be, &be->Gc, slots * be->esize, "convolution filter gradients", e));
     {
-        ConvSeg *h = (ConvSeg *)malloc((size_t)be->nconvs * sizeof *h);
+        ConvSeg *h = (ConvSeg *)malloc((size_t)be->nweighted * sizeof *h);
         if (!h)
             return err_set(e, "cuda backend: out of host memory");
         be->seg_max = 1;
-        for (int i = 0; i < be->nconvs; i++) {
+        for (int i = 0; i < be->nweighted; i++) {
             const Conv *c = be->convs[i];
             h[i] = ConvSeg{(unsigned)c->slot, (unsigned)c->d->w, (unsigned)conv_weights(c->d)};
             be->seg_max = h[i].count > be->seg_max ? h[i].count : be->seg_max;
         }
-        int rc = dev_alloc(be, (void **)&be->segs, (size_t)be->nconvs * sizeof *h,
+        int rc = dev_alloc(be, (void **)&be->segs, (size_t)be->nweighted * sizeof *h,
                            "convolution table", e);
         cudaError_t st = rc ? cudaSuccess
-                            : cudaMemcpy(be->segs, h, (size_t)be->nconvs * sizeof *h,
+                            : cudaMemcpy(be->segs, h, (size_t)be->nweighted * sizeof *h,
                                          cudaMemcpyHostToDevice);
         free(h);
         if (rc)
@@ -1996,7 +2097,8 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     /* algorithms and workspace for the full batch now, so that memory
      * problems show at create */
     for (int i = 0; i < be->nconvs; i++)
-        TRY(conv_prepare(be, be->convs[i], N, e));
+        if (!be->convs[i]->idle)
+            TRY(conv_prepare(be, be->convs[i], N, e));
     CK(cudaStreamSynchronize(be->stream));
     return 0;
 }
@@ -2034,7 +2136,7 @@ static Backend *cuda_create(const Model *m, const BackendOptions *o, Err *e)
 /* (K, C, R, S) <-> (K, R, S, C) for every conv with k > 1, in place via tmp */
 static void permute_convs(const Backend *be, float *arena, float *tmp, int to_device)
 {
-    for (int i = 0; i < be->nconvs; i++) {
+    for (int i = 0; i < be->nweighted; i++) {
         const ConvDesc *d = be->convs[i]->d;
         if (d->k == 1)
             continue;
@@ -2058,7 +2160,7 @@ static void permute_convs(const Backend *be, float *arena, float *tmp, int to_de
 static size_t largest_conv(const Backend *be)
 {
     size_t n = 1;
-    for (int i = 0; i < be->nconvs; i++) {
+    for (int i = 0; i < be->nweighted; i++) {
         const ConvDesc *d = be->convs[i]->d;
         size_t s = (size_t)d->cout * (d->cin / d->groups) * d->k * d->k;
         n = s > n ? s : n;
@@ -2199,6 +2301,9 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
                           tp<T>(x), in_count);
         bin = K->r;
     }
+    /* merged: both first convolutions at once, before the branches part */
+    if (K->merged)
+        TRY(conv_forward(be, K->c[0][0], bin, &K->mconv, n, e));
     /* the branches, each on its lane; a projection shortcut on its own */
     const int sl = SC_LANE(be);
     TRY(lane_wait(be, 1, 0, e));
@@ -2209,7 +2314,8 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
         for (int j = 0; j < B->nconv; j++) {
             const ConvDesc *c = &B->conv[k][j];
             const size_t rows = (size_t)n * c->oh * c->ow;
-            TRY(conv_forward(be, K->c[k][j], h, &K->conv[k][j], n, e));
+            if (j > 0 || !K->merged)
+                TRY(conv_forward(be, K->c[k][j], h, &K->conv[k][j], n, e));
             TRY(bn_forward(be, &K->bn[k][j], K->c[k][j], rows, train, e));
             if (j < last) {
                 TRY(bn_apply(be, K->act[k][j], K->c[k][j], &K->bn[k][j], rows, 1, e));
@@ -2415,13 +2521,18 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
             const ConvDesc *c = &B->conv[k][j];
             const size_t rows = (size_t)n * c->oh * c->ow;
             void *dc = NULL;
-            TRY(dc_take(be, l, &dc, e));
+            if (j == 0 && K->merged) /* its half of the merged conv's output gradient */
+                dc = (char *)be->mdc + (size_t)k * c->cout * be->esize;
+            else
+                TRY(dc_take(be, l, &dc, e));
             if (j == last) /* branch k gets beta * g (k = 0) or (1 - beta) * g (k = 1) */
                 TRY(bn_backward(be, dc, g, mask, beta, k == 1, ohw, K->c[k][j], &K->bn[k][j],
                                 rows, e));
             else           /* through relu(bn(c)) */
                 TRY(bn_backward(be, dc, ln->dact, K->act[k][j], NULL, 0, 1, K->c[k][j],
                                 &K->bn[k][j], rows, e));
+            if (j == 0 && K->merged)
+                break;          /* the merged conv's gradients follow the branches */
             const void *in = j > 0 ? K->act[k][j - 1] : bin;
             TRY(filter_grad(be, l, in, dc, &K->conv[k][j], n, e));
             if (j > 0) {
@@ -2434,6 +2545,10 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
         }
     }
     TRY(lane_wait(be, 0, 1, e));
+    if (K->merged) {            /* the data gradient sums the branches' */
+        TRY(conv_backward_filter(be, bin, be->mdc, &K->mconv, n, e));
+        TRY(conv_backward_data(be, dbin, be->mdc, &K->mconv, n, 0, e));
+    }
 
     /* a shortcut that shares the main lane (one or two lanes): all of it
      * here, after the branches (before them it would hold up branch 0, whose
@@ -2534,7 +2649,7 @@ static int backward_enqueue(Backend *be, int n, Err *e)
         TRY(lane_wait(be, 0, l, e));
 
     /* the filter gradients into the float arena, where the update reads them */
-    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nconvs);
+    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nweighted);
     LAUNCH_ON(slots_kernel, grid, THREADS, tp<T>(be->Gc), be->G, be->segs, 0);
     return 0;
 }
@@ -2680,7 +2795,8 @@ static int capture(Backend *be, cudaGraphExec_t *exec, int n, Enqueue enqueue, c
     /* descriptors, algorithms and workspace for this batch before capture:
      * nothing may allocate or synchronize inside it */
     for (int i = 0; i < be->nconvs; i++)
-        TRY(conv_prepare(be, be->convs[i], n, e));
+        if (!be->convs[i]->idle)
+            TRY(conv_prepare(be, be->convs[i], n, e));
     CK(cudaStreamSynchronize(be->stream));
     CK(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal));
     Err ce = {{0}};
@@ -2879,4 +2995,12 @@ int backend_cuda_data_batch(float *x, int *labels, const Dataset *ds, const int 
 long backend_cuda_graph_launches(const Backend *be)
 {
     return be->graph_launches;
+}
+
+int backend_cuda_merged_blocks(const Backend *be)
+{
+    int n = 0;
+    for (int b = 0; b < be->m->nblocks; b++)
+        n += be->blk[b].merged;
+    return n;
 }

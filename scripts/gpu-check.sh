@@ -28,10 +28,13 @@
 #   channels_last) on 26 2x32d and 26 2x96d at batch 128, bf16 and fp32,
 #   with the GPU memory in use sampled by nvidia-smi every 100 ms (the same
 #   measure for both: peak minus what was in use before the run); the bf16
-#   epochs again with SHAKE_CUDA_FIND=1 (cuDNN's timed algorithms), with
-#   SHAKE_CUDA_STREAMS=1 (a block's branches one after the other, not side
-#   by side), =3 (the projection shortcuts beside them) and =4 (the
-#   branches' filter gradients beside them as well); the ResNeXt 29 2x4x64d
+#   epochs again with SHAKE_CUDA_MERGE=0 (a block's two first convolutions
+#   each on its own, not merged into one), with SHAKE_CUDA_FIND=1 (cuDNN's
+#   timed algorithms), with SHAKE_CUDA_STREAMS=1 (a block's branches one
+#   after the other, not side by side), =2 (the branches only beside each
+#   other) and =4 (the branches' filter gradients beside them as well),
+#   against 3 (the default: the projection shortcuts beside the branches);
+#   the ResNeXt 29 2x4x64d
 #   through bench_train;
 #   Nsight Compute's time of each kernel of a 2x32d bf16 step (profile.txt).
 # The tests need no fixtures from the source tree: their data is synthetic
@@ -346,6 +349,10 @@ epoch_run 32 bf16
 theirs 32 bf16
 epoch_run 96 bf16
 theirs 96 bf16
+# a block's two first convolutions each on its own, against merged into
+# one (the default)
+SHAKE_CUDA_MERGE=0 epoch_run 32 bf16 apart
+SHAKE_CUDA_MERGE=0 epoch_run 96 bf16 apart
 # cuDNN's Find (it times the candidates) against its heuristics, the
 # default: whether the fastest algorithms beat the first deterministic ones
 SHAKE_CUDA_FIND=1 epoch_run 32 bf16 find

@@ -116,32 +116,43 @@ static const CompareSyncTol tol_bf16_synced = {5e-2, 2e-2, 0.4, 1e-5};
  * the tight bound; the trajectories with three, the bf16 synced ones with
  * two (the branches only): a wait missing between streams fails some of
  * them (in the emulation, streams run in an order that their waits allow,
- * mostly the latest queued first). */
+ * mostly the latest queued first). The blocks' first convolutions run
+ * merged (the default) in the trajectories; apart (SHAKE_CUDA_MERGE=0) in
+ * half the synced cases of each precision, chosen so that each setting
+ * meets both stream counts and a ResNeXt in fp32, and channel counts that
+ * are not multiples of 8 in both precisions. */
 static void test_parity(void **ctx)
 {
     const Parity *p = *ctx;
     BackendOptions o = {0, 2, 0, p->mode == BF16_SYNCED ? PRECISION_BF16 : PRECISION_FP32};
     CompareCase c = *p->c;
     c.name = p->name;
-    if (p->mode == FP32_SYNCED)
-        setenv("SHAKE_CUDA_STREAMS", (p->c - cases) % 2 == 0 ? "4" : "3", 1);
-    else if (p->mode == BF16_SYNCED)
+    const int i = (int)(p->c - cases);
+    if (p->mode == FP32_SYNCED) {
+        setenv("SHAKE_CUDA_STREAMS", i % 2 == 0 ? "4" : "3", 1);
+        setenv("SHAKE_CUDA_MERGE", (i / 2 + i) % 2 == 0 ? "1" : "0", 1);
+    } else if (p->mode == BF16_SYNCED) {
         setenv("SHAKE_CUDA_STREAMS", "2", 1);
-    else
+        setenv("SHAKE_CUDA_MERGE", i % 2 == 0 ? "1" : "0", 1);
+    } else {
         unsetenv("SHAKE_CUDA_STREAMS");
+        unsetenv("SHAKE_CUDA_MERGE");
+    }
     if (p->mode == FP32_TRAJECTORY)
         compare_case(cuda, &o, &c, &tol_fp32);
     else
         compare_case_synced(cuda, &o, &c,
                             p->mode == BF16_SYNCED ? &tol_bf16_synced : &tol_fp32_synced);
     unsetenv("SHAKE_CUDA_STREAMS");
+    unsetenv("SHAKE_CUDA_MERGE");
 }
 
 /*
  * SHAKE_CUDA_FIND=1 (cuDNN times the candidates and the fastest come
  * first) computes the same function: a ResNet in fp32 and a ResNeXt in
  * bf16 within the parity bounds. And SHAKE_CUDA_BN_CHUNKS outside 1..512,
- * SHAKE_CUDA_STREAMS other than 1 to 4, are refused by name.
+ * SHAKE_CUDA_STREAMS other than 1 to 4, SHAKE_CUDA_MERGE other than 0 or
+ * 1, are refused by name.
  */
 static void test_tuning_knobs(void **ctx)
 {
@@ -170,7 +181,9 @@ static void test_tuning_knobs(void **ctx)
                {"SHAKE_CUDA_BN_CHUNKS", "many"}, {"SHAKE_CUDA_BN_CHUNKS", "12x"},
                {"SHAKE_CUDA_STREAMS", "0"},      {"SHAKE_CUDA_STREAMS", "5"},
                {"SHAKE_CUDA_STREAMS", "two"},    {"SHAKE_CUDA_STREAMS", ""},
-               {"SHAKE_CUDA_STREAMS", "8"},      {"SHAKE_CUDA_STREAMS", "21"}};
+               {"SHAKE_CUDA_STREAMS", "8"},      {"SHAKE_CUDA_STREAMS", "21"},
+               {"SHAKE_CUDA_MERGE", "2"},        {"SHAKE_CUDA_MERGE", "yes"},
+               {"SHAKE_CUDA_MERGE", ""},         {"SHAKE_CUDA_MERGE", "10"}};
     for (size_t j = 0; j < sizeof bad / sizeof bad[0]; j++) {
         setenv(bad[j].knob, bad[j].value, 1);
         BackendOptions o = {4, 2, 0, PRECISION_FP32};
@@ -686,6 +699,7 @@ typedef struct {
     double loss;
     int64_t wrong;
     long graph_launches, eval_launches;
+    int merged;                 /* blocks whose first convolutions ran as one */
 } StepRun;
 
 static void step_run_alloc(StepRun *r, const Model *m)
@@ -708,17 +722,21 @@ static void step_run_free(StepRun *r)
     free(r->eval);
 }
 
-/* graphs and streams: SHAKE_CUDA_GRAPHS and SHAKE_CUDA_STREAMS */
+/* graphs, streams, merged first convolutions: SHAKE_CUDA_GRAPHS,
+ * SHAKE_CUDA_STREAMS, SHAKE_CUDA_MERGE */
 static void run_device_steps(const Model *m, const Dataset *d, const float *p0, const float *s0,
                              Precision prec, const char *graphs, const char *streams,
-                             StepRun *r)
+                             const char *merge, StepRun *r)
 {
     setenv("SHAKE_CUDA_GRAPHS", graphs, 1);
     setenv("SHAKE_CUDA_STREAMS", streams, 1);
+    setenv("SHAKE_CUDA_MERGE", merge, 1);
     BackendOptions o = {DS_B, 2, 0, prec};
     Backend *be = compare_create(cuda, m, &o, DS_B);
     unsetenv("SHAKE_CUDA_GRAPHS");
     unsetenv("SHAKE_CUDA_STREAMS");
+    unsetenv("SHAKE_CUDA_MERGE");
+    r->merged = backend_cuda_merged_blocks(be);
     COMPARE_OK(cuda->load(be, p0, s0, NULL, ep));
     /* the training images double as the evaluation set */
     COMPARE_OK(cuda->set_data(be, d, d, ep));
@@ -826,18 +844,23 @@ static void device_step_case(Precision prec)
         fail_msg("%s", e.msg);
     float *p0 = malloc(m.nparams * 4), *s0 = malloc(m.nstate * 4);
     model_init(&m, 5, p0, s0);
-    StepRun g, q, h, one, three, four;
+    StepRun g, q, h, one, three, four, apart;
+    step_run_alloc(&apart, &m);
     step_run_alloc(&g, &m);
     step_run_alloc(&q, &m);
     step_run_alloc(&h, &m);
     step_run_alloc(&one, &m);
     step_run_alloc(&three, &m);
     step_run_alloc(&four, &m);
-    run_device_steps(&m, &tr, p0, s0, prec, "require", "2", &g);
-    run_device_steps(&m, &tr, p0, s0, prec, "0", "2", &q);
-    run_device_steps(&m, &tr, p0, s0, prec, "require", "1", &one);
-    run_device_steps(&m, &tr, p0, s0, prec, "require", "3", &three);
-    run_device_steps(&m, &tr, p0, s0, prec, "require", "4", &four);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "2", "1", &g);
+    run_device_steps(&m, &tr, p0, s0, prec, "0", "2", "1", &q);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "1", "1", &one);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "3", "1", &three);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "4", "1", &four);
+    run_device_steps(&m, &tr, p0, s0, prec, "require", "3", "0", &apart);
+    /* every block of this ResNet merges its first convolutions, unless told not to */
+    assert_int_equal(three.merged, m.nblocks);
+    assert_int_equal(apart.merged, 0);
     /* 6 full steps: 2 eager to warm up, then captured and replayed */
     if (g.graph_launches < 3)
         fail_msg("%s: %ld steps ran as a CUDA graph, expected 4", what, g.graph_launches);
@@ -889,6 +912,43 @@ static void device_step_case(Precision prec)
      * of the weights' scale. (Emulated on the CPU both sides agree to the
      * bit.) */
     const double tol = prec == PRECISION_BF16 ? 2e-3 : 1e-5;
+    /*
+     * The first convolutions each on their own against merged. fp32: the
+     * same sums added in another order (cuDNN may pick other algorithms for
+     * the merged shapes, and the branches' data gradients add inside one
+     * convolution instead of after it), last-bit differences as the host
+     * path's: its bounds. bf16: apart, branch 0's data gradient is rounded
+     * to bf16 before branch 1's is added, and the sum again; merged, only
+     * the sum. One more rounding (2^-8) of every block's input gradient
+     * compounds down the network as the roundings do that bf16's parity
+     * bounds allow against float32 (gradients within 0.4 of their norm):
+     * momentum, a sum of gradients, within 0.4; the weights within a
+     * quarter of how far the steps moved them (emulated: 0.12 and 0.08);
+     * running statistics and logits within bf16's parity bounds. A branch
+     * reading the other's half, or its filters, is off by about the whole
+     * move (and fails every parity case).
+     */
+    {
+        const double moved = tu_rel_err(three.params, p0, m.nparams);
+        const int bf = prec == PRECISION_BF16;
+        char w[64];
+        snprintf(w, sizeof w, "%s, first convolutions apart against merged", what);
+        printf("  %s: parameters %.3g, running statistics %.3g, momentum %.3g, evaluation "
+               "logits %.3g; the steps moved the weights %.3g\n", w,
+               tu_rel_err(apart.params, three.params, m.nparams),
+               tu_rel_err(apart.state, three.state, m.nstate),
+               tu_rel_err(apart.mom, three.mom, m.nparams),
+               tu_rel_err(apart.eval, three.eval, (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10),
+               moved);
+        compare_check("parameters", w, apart.params, three.params, m.nparams,
+                      bf ? 0.25 * moved : tol);
+        compare_check("running statistics", w, apart.state, three.state, m.nstate,
+                      bf ? 2e-2 : tol);
+        compare_check("momentum", w, apart.mom, three.mom, m.nparams, bf ? 0.4 : tol * 10);
+        compare_check("evaluation logits", w, apart.eval, three.eval,
+                      (size_t)DS_EPOCHS * DS_EVALS * DS_B * 10, bf ? 5e-2 : tol * 10);
+        assert_int_equal(apart.graph_launches, three.graph_launches);
+    }
     compare_check("parameters, device steps against host steps", what, q.params, h.params,
                   m.nparams, tol);
     compare_check("running statistics, device steps against host steps", what, q.state,
@@ -914,6 +974,7 @@ static void device_step_case(Precision prec)
     step_run_free(&one);
     step_run_free(&three);
     step_run_free(&four);
+    step_run_free(&apart);
     free(p0);
     free(s0);
     model_free(&m);
