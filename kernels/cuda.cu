@@ -1331,16 +1331,22 @@ static int grow_workspace(Backend *be, Lane *ln, size_t need, Err *e)
 
 /* The scratch cuDNN's Find runs the candidates on (zeros: the timing is
  * what counts): any conv's input, output and weights fit. */
+/* the most weights of any conv, merged ones included */
+static size_t largest_conv(const Backend *be)
+{
+    size_t n = 1;
+    for (int i = 0; i < be->nconvs; i++)
+        n = conv_weights(be->convs[i]->d) > n ? conv_weights(be->convs[i]->d) : n;
+    return n;
+}
+
 static int find_scratch(Backend *be, Err *e)
 {
     if (be->find_ws)
         return 0;
     /* the largest input, output and filters of any conv, merged ones included */
-    size_t act = be->max_act > be->mdc_count ? be->max_act : be->mdc_count, w = 1;
-    for (int i = 0; i < be->nconvs; i++)
-        w = conv_weights(be->convs[i]->d) > w ? conv_weights(be->convs[i]->d) : w;
-    act *= be->esize;
-    w *= be->esize;
+    const size_t act = (be->max_act > be->mdc_count ? be->max_act : be->mdc_count) * be->esize;
+    const size_t w = largest_conv(be) * be->esize;
     TRY(dev_alloc(be, &be->find_x, act, "the algorithm search's input", e));
     TRY(dev_alloc(be, &be->find_y, act, "the algorithm search's output", e));
     TRY(dev_alloc(be, &be->find_w, w, "the algorithm search's weights", e));
@@ -2155,17 +2161,6 @@ static void permute_convs(const Backend *be, float *arena, float *tmp, int to_de
                             w[kcrs] = tmp[krsc];
                     }
     }
-}
-
-static size_t largest_conv(const Backend *be)
-{
-    size_t n = 1;
-    for (int i = 0; i < be->nweighted; i++) {
-        const ConvDesc *d = be->convs[i]->d;
-        size_t s = (size_t)d->cout * (d->cin / d->groups) * d->k * d->k;
-        n = s > n ? s : n;
-    }
-    return n;
 }
 
 /* host arena (canonical) -> device arena (device layout) */
