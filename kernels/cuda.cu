@@ -901,7 +901,7 @@ typedef struct {
     int count, cur;             /* cur: the one in use */
 } AlgoList;
 
-typedef struct Conv {
+typedef struct {
     const ConvDesc *d;
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t w;
@@ -911,8 +911,6 @@ typedef struct Conv {
     int wlane;                  /* the lane of its filter gradient */
     int n;                      /* batch the descriptors and algorithms are for; 0: none */
     size_t slot;                /* element offset of its weights in Wc and Gc */
-    struct Conv *mate;          /* a conv whose weights follow these in Wc and Gc */
-    int placed;                 /* its slot follows another's (it is a mate) */
     int idle;                   /* never runs: its block's merged conv does its work */
     /* the algorithms of the last few batch sizes: training's full and last
      * batches and evaluation's alternate every epoch, and cuDNN's
@@ -2009,8 +2007,6 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         K->mdesc.cout = 2 * c0->cout;
         TRY(conv_init(be, &K->mconv, &K->mdesc, e));
         K->mconv.lane = K->mconv.wlane = 0;
-        K->conv[0][0].mate = &K->conv[1][0];
-        K->conv[1][0].placed = 1;
         K->conv[0][0].idle = K->conv[1][0].idle = 1;
         const size_t mc = conv_out_count(&K->mdesc, N);
         be->mdc_count = mc > be->mdc_count ? mc : be->mdc_count;
@@ -2026,19 +2022,21 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     size_t slots = 0;
     for (int i = 0; i < be->nweighted; i++) {
         Conv *c = be->convs[i];
-        if (c->placed)          /* by its mate, below */
+        if (c->idle)            /* a merged pair's: below */
             continue;
         c->slot = slots;
-        size_t w = conv_weights(c->d);
-        if (c->mate) {
-            c->mate->slot = slots + w;
-            w += conv_weights(c->mate->d);
-        }
-        slots += (w + 127) / 128 * 128;
+        slots += (conv_weights(c->d) + 127) / 128 * 128;
     }
-    for (int b = 0; b < m->nblocks; b++)
-        if (be->blk[b].merged)
-            be->blk[b].mconv.slot = be->blk[b].conv[0][0].slot;
+    /* a merged pair's filters in one slot, branch 0's then branch 1's,
+     * which the merged conv reads as its own */
+    for (int b = 0; b < m->nblocks; b++) {
+        Blk *K = &be->blk[b];
+        if (!K->merged)
+            continue;
+        K->mconv.slot = K->conv[0][0].slot = slots;
+        K->conv[1][0].slot = slots + conv_weights(K->conv[0][0].d);
+        slots += (conv_weights(&K->mdesc) + 127) / 128 * 128;
+    }
     TRY(dev_alloc(be, &be->Wc, slots * be->esize, "convolution weights", e));
     TRY(dev_alloc(be, &be->Gc, slots * be->esize, "convolution filter gradients", e));
     {
