@@ -211,6 +211,25 @@ fail:
     return -1;
 }
 
+/* Switches the store to WAL (kept in the file, so a no-op after its first
+ * open). Processes that open a new store together all try the switch; SQLite
+ * answers each loser BUSY at once, without the busy handler, because it holds
+ * a read lock that would deadlock the winner's write. So the loser retries
+ * until the switch is seen, for as long as the busy timeout would wait. */
+static int set_wal(Store *st, Err *e)
+{
+    int rc = SQLITE_BUSY;
+    for (int tries = 0; tries < 6000 && (rc & 0xff) == SQLITE_BUSY; tries++) { /* x 10 ms */
+        if (tries)
+            nanosleep(&(struct timespec){.tv_nsec = 10000000}, NULL);
+        rc = sqlite3_exec(st->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK)
+        return err_set(e, "%s: %s (in: PRAGMA journal_mode = WAL)", st->path,
+                       sqlite3_errmsg(st->db));
+    return 0;
+}
+
 int store_open(Store **out, const char *path, Err *e)
 {
     *out = NULL;
@@ -230,8 +249,7 @@ int store_open(Store **out, const char *path, Err *e)
     }
     sqlite3_busy_timeout(st->db, 60000);
     /* WAL: readers never block the writer; FULL: a commit survives a crash */
-    if (exec_sql(st, "PRAGMA journal_mode = WAL", e) ||
-        exec_sql(st, "PRAGMA synchronous = FULL", e) ||
+    if (set_wal(st, e) || exec_sql(st, "PRAGMA synchronous = FULL", e) ||
         exec_sql(st, "PRAGMA foreign_keys = ON", e))
         goto fail;
     if (migrate(st, e))

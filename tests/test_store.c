@@ -2,7 +2,8 @@
  * The results store through its API: schema versions (a newer store is
  * refused), idempotent planning (no duplicate runs; new repeats add runs;
  * cells that leave the file keep their runs), claims from two connections
- * never hand out a run twice, dead processes and silent hosts are found,
+ * never hand out a run twice, processes opening one new store together all
+ * get it, dead processes and silent hosts are found,
  * redone epochs replace old ones, reruns, and a resumed run on other code
  * becomes "mixed" so it is never averaged with either version.
  */
@@ -186,6 +187,53 @@ static void test_claims_never_twice(void **s)
     store_close(b);
 }
 
+/* Processes that open one new store at the same moment all get it: the
+ * switch to WAL that each makes on opening waits its turn instead of failing
+ * with "database is locked" (two `sweep run`s started together on one --db,
+ * as a Slurm array starts them, once lost that race). */
+static void test_open_together(void **s)
+{
+    (void)s;
+    enum { ROUNDS = 100, PROCS = 4 };
+    for (int r = 0; r < ROUNDS; r++) {
+        char *path;
+        assert_true(asprintf(&path, "%s/together-%d.db", dir, r) > 0);
+        pid_t kids[PROCS];
+        int gate[2]; /* the children open when the parent closes it */
+        assert_int_equal(pipe(gate), 0);
+        for (int k = 0; k < PROCS; k++) {
+            kids[k] = fork();
+            assert_true(kids[k] >= 0);
+            if (kids[k] == 0) {
+                char c;
+                close(gate[1]);
+                if (read(gate[0], &c, 1) != 0)
+                    _exit(2);
+                Store *st;
+                Err e = {{0}};
+                if (store_open(&st, path, &e)) {
+                    fprintf(stderr, "round %d, process %d: %s\n", r, k, e.msg);
+                    _exit(1);
+                }
+                store_close(st);
+                _exit(0);
+            }
+        }
+        close(gate[0]);
+        close(gate[1]);
+        int failed = 0;
+        for (int k = 0; k < PROCS; k++) {
+            int status;
+            assert_int_equal(waitpid(kids[k], &status, 0), kids[k]);
+            failed += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+        }
+        if (failed)
+            fail_msg("round %d: %d of %d processes could not open a new store together", r,
+                     failed, PROCS);
+        free(path);
+    }
+}
+
 static void test_recover_dead_and_silent(void **s)
 {
     (void)s;
@@ -299,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_schema_versions),
         cmocka_unit_test(test_planning_is_idempotent),
         cmocka_unit_test(test_claims_never_twice),
+        cmocka_unit_test(test_open_together),
         cmocka_unit_test(test_recover_dead_and_silent),
         cmocka_unit_test(test_epochs_results_and_reruns),
     };
