@@ -288,83 +288,127 @@ __global__ void shake_combine_kernel(typename P::T *out, typename P::T *out_relu
  * The resnet shortcut's inputs from r (n, h, w, c): p1 = pool_s(r) and
  * p2 = pool_s(shift(r)), (n, oh, ow, c); pooling with kernel 1 is
  * subsampling at (oh * s, ow * s). shift: SHIFT_ORIGINAL z[i][j] =
- * r[i-1][j-1], SHIFT_REIMPL z[i][j] = r[i+1][j+1], zero outside.
+ * r[i-1][j-1], SHIFT_REIMPL z[i][j] = r[i+1][j+1], zero outside. The
+ * elements of a pack are channels of one pixel, so they move together.
  */
-template <typename T>
-__global__ void pool_shift_kernel(T *p1, T *p2, const T *r, int n, int h, int w, int c, int s,
-                                  int oh, int ow, int reimpl)
+template <typename P>
+__global__ void pool_shift_kernel(typename P::T *p1, typename P::T *p2, const typename P::T *r,
+                                  int n, int h, int w, int c, int s, int oh, int ow, int reimpl)
 {
+    typedef typename P::T T;
     const size_t count = (size_t)n * oh * ow * c;
-    FOR_EACH(i, count) {
-        int ch = (int)(i % c);
-        unsigned t = i / c;
-        int x = (int)(t % ow);
-        t /= ow;
-        int y = (int)(t % oh);
-        int img = (int)(t / oh);
-        int sy = y * s, sx = x * s;
-        const T *base = r + (size_t)img * h * w * c;
-        p1[i] = base[((size_t)sy * w + sx) * c + ch];
-        int zy = reimpl ? sy + 1 : sy - 1, zx = reimpl ? sx + 1 : sx - 1;
-        p2[i] = zy >= 0 && zy < h && zx >= 0 && zx < w ? base[((size_t)zy * w + zx) * c + ch]
-                                                         : from_f<T>(0.0f);
+    FOR_EACH(t, count / P::V) {
+        const unsigned i = t * P::V;
+        const int ch = (int)(i % c);
+        unsigned q = i / c;
+        const int x = (int)(q % ow);
+        q /= ow;
+        const int y = (int)(q % oh);
+        const unsigned img = q / oh;
+        const int sy = y * s, sx = x * s;
+        const unsigned base = img * h * w * c + ch;
+        store_pack(p1, i, load_pack<P>(r, base + ((unsigned)sy * w + sx) * c));
+        const int zy = reimpl ? sy + 1 : sy - 1, zx = reimpl ? sx + 1 : sx - 1;
+        P z;
+        if (zy >= 0 && zy < h && zx >= 0 && zx < w)
+            z = load_pack<P>(r, base + ((unsigned)zy * w + zx) * c);
+        else
+#pragma unroll
+            for (int k = 0; k < P::V; k++)
+                z.v[k] = from_f<T>(0.0f);
+        store_pack(p2, i, z);
     }
 }
 
-/* The gradient of pool_shift_kernel: dr (n, h, w, c) += from dp1, dp2. */
-template <typename T>
-__global__ void pool_shift_backward_kernel(T *dr, const T *dp1, const T *dp2, int n, int h, int w,
-                                           int c, int s, int oh, int ow, int reimpl)
+/*
+ * The input gradient of a resnet block with a projection shortcut, where x
+ * (n, h, w, c) is the block's input and r = relu(x) what its branches and
+ * shortcut read: dx = x > 0 ? dr + (pool_shift_kernel's gradient from dp1,
+ * dp2 (n, oh, ow, c)) : 0, with dr the branches' share. The sum is rounded
+ * to T before the mask, as it would be if stored between two passes.
+ */
+template <typename P>
+__global__ void relu_backward_pool_kernel(typename P::T *dx, const typename P::T *dr,
+                                          const typename P::T *dp1, const typename P::T *dp2,
+                                          const typename P::T *xin, int n, int h, int w, int c,
+                                          int s, int oh, int ow, int reimpl)
 {
+    typedef typename P::T T;
     const size_t count = (size_t)n * h * w * c;
-    FOR_EACH(i, count) {
-        int ch = (int)(i % c);
-        unsigned t = i / c;
-        int x = (int)(t % w);
-        t /= w;
-        int y = (int)(t % h);
-        int img = (int)(t / h);
-        const size_t obase = (size_t)img * oh * ow * c;
-        float g = to_f(dr[i]);
-        if (y % s == 0 && x % s == 0 && y / s < oh && x / s < ow)
-            g += to_f(dp1[obase + ((size_t)(y / s) * ow + x / s) * c + ch]);
+    FOR_EACH(t, count / P::V) {
+        const unsigned i = t * P::V;
+        const int ch = (int)(i % c);
+        unsigned q = i / c;
+        const int x = (int)(q % w);
+        q /= w;
+        const int y = (int)(q % h);
+        const unsigned img = q / h;
+        const unsigned obase = img * oh * ow * c + ch;
+        const P xs = load_pack<P>(xin, i), ds = load_pack<P>(dr, i);
+        float g[P::V];
+#pragma unroll
+        for (int k = 0; k < P::V; k++)
+            g[k] = to_f(ds.v[k]);
+        if (y % s == 0 && x % s == 0 && y / s < oh && x / s < ow) {
+            const P d1 = load_pack<P>(dp1, obase + ((unsigned)(y / s) * ow + x / s) * c);
+#pragma unroll
+            for (int k = 0; k < P::V; k++)
+                g[k] += to_f(d1.v[k]);
+        }
         /* r[y][x] is z[zy][zx] of the shifted map, sampled when on the grid */
-        int zy = reimpl ? y - 1 : y + 1, zx = reimpl ? x - 1 : x + 1;
+        const int zy = reimpl ? y - 1 : y + 1, zx = reimpl ? x - 1 : x + 1;
         if (zy >= 0 && zy < h && zx >= 0 && zx < w && zy % s == 0 && zx % s == 0 &&
-            zy / s < oh && zx / s < ow)
-            g += to_f(dp2[obase + ((size_t)(zy / s) * ow + zx / s) * c + ch]);
-        dr[i] = from_f<T>(g);
+            zy / s < oh && zx / s < ow) {
+            const P d2 = load_pack<P>(dp2, obase + ((unsigned)(zy / s) * ow + zx / s) * c);
+#pragma unroll
+            for (int k = 0; k < P::V; k++)
+                g[k] += to_f(d2.v[k]);
+        }
+        P out;
+#pragma unroll
+        for (int k = 0; k < P::V; k++) {
+            const float v = to_f(from_f<T>(g[k]));
+            out.v[k] = from_f<T>(to_f(xs.v[k]) > 0.0f ? v : 0.0f);
+        }
+        store_pack(dx, i, out);
     }
 }
 
-/* cat (rows, ca + cb) = [a (rows, ca), b (rows, cb)] */
-template <typename T>
-__global__ void concat_kernel(T *cat, const T *a, const T *b, size_t rows, int ca, int cb)
+/* cat (rows, ca + cb) = [a (rows, ca), b (rows, cb)]; packs where ca and cb
+ * are multiples of V (none straddles the two) */
+template <typename P>
+__global__ void concat_kernel(typename P::T *cat, const typename P::T *a,
+                              const typename P::T *b, size_t rows, int ca, int cb)
 {
     const int c = ca + cb;
-    FOR_EACH(i, rows * c) {
-        unsigned row = i / c;
-        int ch = (int)(i % c);
-        cat[i] = ch < ca ? a[row * ca + ch] : b[row * cb + (ch - ca)];
+    FOR_EACH(t, rows * c / P::V) {
+        const unsigned i = t * P::V;
+        const unsigned row = i / c;
+        const int ch = (int)(i % c);
+        store_pack(cat, i, ch < ca ? load_pack<P>(a, row * ca + ch)
+                                   : load_pack<P>(b, row * cb + (ch - ca)));
     }
 }
 
 /* the split: da = dcat[:, :ca], db = dcat[:, ca:] */
-template <typename T>
-__global__ void split_kernel(T *da, T *db, const T *dcat, size_t rows, int ca, int cb)
+template <typename P>
+__global__ void split_kernel(typename P::T *da, typename P::T *db, const typename P::T *dcat,
+                             size_t rows, int ca, int cb)
 {
     const int c = ca + cb;
-    FOR_EACH(i, rows * c) {
-        unsigned row = i / c;
-        int ch = (int)(i % c);
+    FOR_EACH(t, rows * c / P::V) {
+        const unsigned i = t * P::V;
+        const unsigned row = i / c;
+        const int ch = (int)(i % c);
         if (ch < ca)
-            da[row * ca + ch] = dcat[i];
+            store_pack(da, row * ca + ch, load_pack<P>(dcat, i));
         else
-            db[row * cb + (ch - ca)] = dcat[i];
+            store_pack(db, row * cb + (ch - ca), load_pack<P>(dcat, i));
     }
 }
 
-/* resnet block input gradient: dx = (x > 0 ? dr : 0) + (g ? g : 0) */
+/* the input gradient of a resnet block with an identity shortcut:
+ * dx = (x > 0 ? dr : 0) + g */
 template <typename P>
 __global__ void relu_backward_add_kernel(typename P::T *dx, const typename P::T *dr,
                                          const typename P::T *x, const typename P::T *g,
@@ -373,14 +417,11 @@ __global__ void relu_backward_add_kernel(typename P::T *dx, const typename P::T 
     typedef typename P::T T;
     FOR_EACH(t, count / P::V) {
         const unsigned i = t * P::V;
-        P xs = load_pack<P>(x, i), ds = load_pack<P>(dr, i), gs, y;
-        if (g)
-            gs = load_pack<P>(g, i);
+        P xs = load_pack<P>(x, i), ds = load_pack<P>(dr, i), gs = load_pack<P>(g, i), y;
 #pragma unroll
         for (int k = 0; k < P::V; k++) {
             float v = to_f(xs.v[k]) > 0.0f ? to_f(ds.v[k]) : 0.0f;
-            if (g)
-                v += to_f(gs.v[k]);
+            v += to_f(gs.v[k]);
             y.v[k] = from_f<T>(v);
         }
         store_pack(dx, i, y);
@@ -501,23 +542,38 @@ __global__ void sgd_kernel(float *p, float *mom, const float *g, size_t count, f
 }
 
 /* Where each conv's weights are: element offsets in the compute-type
- * slots (Wc, Gc) and in the float arenas (P, G), and how many. */
+ * slots (Wc, Gc) and in the float arenas (P, G), how many, and where they
+ * start when all convs' weights are counted one after another (start). */
 struct ConvSeg {
-    unsigned slot, w, count;
+    unsigned slot, w, count, start;
 };
 
-/* every conv's weights into its slot (to_slots) or its filter gradient
- * out of it: one launch, grid (x, convs), blockIdx.y the conv */
+/*
+ * every conv's weights into its slot (to_slots) or its filter gradient out
+ * of it: one launch over the total weights of the nsegs convs, element i of
+ * the conv whose [start, start + count) holds it (the last whose start is
+ * at most i, found by bisection). (A grid of (largest conv, convs) blocks
+ * left most blocks idle: 22 us a call on an H200 for 26 2x32d's 2.9M weights.)
+ */
 template <typename T>
-__global__ void slots_kernel(T *slots, float *arena, const ConvSeg *segs, int to_slots)
+__global__ void slots_kernel(T *slots, float *arena, const ConvSeg *segs, int nsegs,
+                             unsigned total, int to_slots)
 {
-    const ConvSeg sg = segs[blockIdx.y];
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < sg.count;
-         i += gridDim.x * blockDim.x) {
+    FOR_EACH(i, total) {
+        int lo = 0, hi = nsegs - 1;
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (segs[mid].start <= i)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        const ConvSeg sg = segs[lo];
+        const unsigned k = i - sg.start;
         if (to_slots)
-            slots[sg.slot + i] = from_f<T>(arena[sg.w + i]);
+            slots[sg.slot + k] = from_f<T>(arena[sg.w + k]);
         else
-            arena[sg.w + i] = to_f(slots[sg.slot + i]);
+            arena[sg.w + k] = to_f(slots[sg.slot + k]);
     }
 }
 
@@ -1061,7 +1117,7 @@ struct Backend {
      * offsets are only 4-byte aligned) */
     void *Wc, *Gc;
     ConvSeg *segs;              /* (nconvs) where each conv's weights are */
-    size_t seg_max;             /* the most weights of one conv */
+    size_t seg_total;           /* the weights of all convs (segs[].count summed) */
     float *bn_arena;
     float *x_stage;             /* host images, NCHW float */
     void *xin;                  /* the images, NHWC */
@@ -1693,8 +1749,8 @@ template <typename T> static const T *tp(const void *p) { return (const T *)p; }
 /* Wc from the float32 parameters (after load and every update) */
 static int weights_refresh(Backend *be, Err *e)
 {
-    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nweighted);
-    LAUNCH_ON(slots_kernel, grid, THREADS, tp<T>(be->Wc), be->P, be->segs, 1);
+    LAUNCH(slots_kernel, be->seg_total, tp<T>(be->Wc), be->P, be->segs, be->nweighted,
+           (unsigned)be->seg_total, 1);
     return 0;
 }
 
@@ -2093,11 +2149,12 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         ConvSeg *h = (ConvSeg *)malloc((size_t)be->nweighted * sizeof *h);
         if (!h)
             return err_set(e, "cuda backend: out of host memory");
-        be->seg_max = 1;
+        be->seg_total = 0;
         for (int i = 0; i < be->nweighted; i++) {
             const Conv *c = be->convs[i];
-            h[i] = ConvSeg{(unsigned)c->slot, (unsigned)c->d->w, (unsigned)conv_weights(c->d)};
-            be->seg_max = h[i].count > be->seg_max ? h[i].count : be->seg_max;
+            h[i] = ConvSeg{(unsigned)c->slot, (unsigned)c->d->w, (unsigned)conv_weights(c->d),
+                           (unsigned)be->seg_total};
+            be->seg_total += h[i].count;
         }
         int rc = dev_alloc(be, (void **)&be->segs, (size_t)be->nweighted * sizeof *h,
                            "convolution table", e);
@@ -2371,14 +2428,15 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
         const cudaStream_t ss = be->lane[sl].stream;
         if (resnet) {
             const size_t pc = orows * B->cin;
-            LAUNCH_ON_S(ss, pool_shift_kernel, blocks_for(pc), THREADS, tp<T>(K->p1),
-                        tp<T>(K->p2), tp<T>(K->r), n, B->ih, B->iw, B->cin, B->stride, B->oh,
-                        B->ow, m->spec.shift == SHIFT_REIMPL);
+            LAUNCH_PACKED_S(ss, pool_shift_kernel, pc, packable(be, B->cin, K->p1, K->p2, K->r),
+                            tp<T>(K->p1), tp<T>(K->p2), tp<T>(K->r), n, B->ih, B->iw, B->cin,
+                            B->stride, B->oh, B->ow, m->spec.shift == SHIFT_REIMPL);
             TRY(conv_forward(be, be->s0, K->p1, &K->sc[0], n, e));
             TRY(conv_forward(be, be->s1, K->p2, &K->sc[1], n, e));
             const int ca = B->sc[0].cout, cb = B->sc[1].cout;
-            LAUNCH_ON_S(ss, concat_kernel, blocks_for(orows * B->cout), THREADS, tp<T>(K->cat),
-                        tp<T>(be->s0), tp<T>(be->s1), orows, ca, cb);
+            LAUNCH_PACKED_S(ss, concat_kernel, orows * B->cout,
+                            packable(be, ca, K->cat, be->s0) && packable(be, cb, be->s1),
+                            tp<T>(K->cat), tp<T>(be->s0), tp<T>(be->s1), orows, ca, cb);
         } else {
             TRY(conv_forward(be, K->cat, x, &K->sc[0], n, e));
         }
@@ -2511,8 +2569,9 @@ static int shortcut_backward(Backend *be, int b, const void *g, const void *mask
     if (m->spec.arch == ARCH_RESNET) {
         const int ca = B->sc[0].cout, cb = B->sc[1].cout;
         TRY(bn_backward(be, *dc, g, NULL, NULL, 0, 1, K->cat, &K->sc_bn, orows, e));
-        LAUNCH_ON_S(be->lane[sl].stream, split_kernel, blocks_for(orows * B->cout), THREADS,
-                    tp<T>(be->s0), tp<T>(be->s1), tp<T>((const void *)*dc), orows, ca, cb);
+        LAUNCH_PACKED_S(be->lane[sl].stream, split_kernel, orows * B->cout,
+                        packable(be, ca, be->s0, *dc) && packable(be, cb, be->s1),
+                        tp<T>(be->s0), tp<T>(be->s1), tp<T>((const void *)*dc), orows, ca, cb);
         TRY(conv_backward_filter(be, K->p1, be->s0, &K->sc[0], n, e));
         TRY(conv_backward_filter(be, K->p2, be->s1, &K->sc[1], n, e));
         TRY(conv_backward_data(be, be->dp1, be->s0, &K->sc[0], n, 0, e));
@@ -2604,17 +2663,16 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     }
     if (sc_side)
         TRY(lane_wait(be, 0, sl, e));
-    if (resnet) {
-        if (B->proj) {
-            LAUNCH(pool_shift_backward_kernel, in_count, tp<T>(be->dr),
-                   tp<T>((const void *)be->dp1), tp<T>((const void *)be->dp2), n, B->ih, B->iw,
-                   B->cin, B->stride, B->oh, B->ow, m->spec.shift == SHIFT_REIMPL);
-        }
-        /* after every consumer of relu(x) has added its share; the identity
-         * shortcut passes g straight through */
-        const void *gi = B->proj ? NULL : g;
-        LAUNCH_PACKED(relu_backward_add_kernel, in_count, packable(be, B->cin, dx, be->dr, x, gi),
-                      tp<T>(dx), tp<T>((const void *)be->dr), tp<T>(x), tp<T>(gi), in_count);
+    /* resnet: after every consumer of relu(x) has added its share */
+    if (resnet && B->proj) {
+        LAUNCH_PACKED(relu_backward_pool_kernel, in_count,
+                      packable(be, B->cin, dx, be->dr, be->dp1, be->dp2, x), tp<T>(dx),
+                      tp<T>((const void *)be->dr), tp<T>((const void *)be->dp1),
+                      tp<T>((const void *)be->dp2), tp<T>(x), n, B->ih, B->iw, B->cin, B->stride,
+                      B->oh, B->ow, m->spec.shift == SHIFT_REIMPL);
+    } else if (resnet) {        /* the identity shortcut passes g straight through */
+        LAUNCH_PACKED(relu_backward_add_kernel, in_count, packable(be, B->cin, dx, be->dr, x, g),
+                      tp<T>(dx), tp<T>((const void *)be->dr), tp<T>(x), tp<T>(g), in_count);
     } else if (!B->proj) {
         LAUNCH(add_masked_kernel, in_count, tp<T>(dx), tp<T>(g), tp<T>((const void *)K->out),
                in_count);
@@ -2692,8 +2750,8 @@ static int backward_enqueue(Backend *be, int n, Err *e)
         TRY(lane_wait(be, 0, l, e));
 
     /* the filter gradients into the float arena, where the update reads them */
-    const dim3 grid(blocks_for(be->seg_max), (unsigned)be->nweighted);
-    LAUNCH_ON(slots_kernel, grid, THREADS, tp<T>(be->Gc), be->G, be->segs, 0);
+    LAUNCH(slots_kernel, be->seg_total, tp<T>(be->Gc), be->G, be->segs, be->nweighted,
+           (unsigned)be->seg_total, 0);
     return 0;
 }
 
