@@ -1433,8 +1433,6 @@ static int grow_workspace(Backend *be, Lane *ln, size_t need, Err *e)
     return 0;
 }
 
-/* The scratch cuDNN's Find runs the candidates on (zeros: the timing is
- * what counts): any conv's input, output and weights fit. */
 /* the most weights of any conv, merged ones included */
 static size_t largest_conv(const Backend *be)
 {
@@ -1444,11 +1442,13 @@ static size_t largest_conv(const Backend *be)
     return n;
 }
 
+/* The scratch cuDNN's Find runs the candidates on (zeros: the timing is
+ * what counts): the largest input, output and filters of any conv, merged
+ * ones included, fit. */
 static int find_scratch(Backend *be, Err *e)
 {
     if (be->find_ws)
         return 0;
-    /* the largest input, output and filters of any conv, merged ones included */
     const size_t act = (be->max_act > be->mdc_count ? be->max_act : be->mdc_count) * be->esize;
     const size_t w = largest_conv(be) * be->esize;
     TRY(dev_alloc(be, &be->find_x, act, "the algorithm search's input", e));
