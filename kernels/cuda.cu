@@ -284,6 +284,24 @@ __global__ void shake_combine_kernel(typename P::T *out, typename P::T *out_relu
     }
 }
 
+/* element i of an (n, h, w, c) tensor: its channel, column, row and image */
+struct Nhwc {
+    int ch, x, y;
+    unsigned img;
+};
+
+__device__ __forceinline__ Nhwc nhwc_at(unsigned i, int c, int h, int w)
+{
+    Nhwc p;
+    p.ch = (int)(i % c);
+    unsigned q = i / c;
+    p.x = (int)(q % w);
+    q /= w;
+    p.y = (int)(q % h);
+    p.img = q / h;
+    return p;
+}
+
 /*
  * The resnet shortcut's inputs from r (n, h, w, c): p1 = pool_s(r) and
  * p2 = pool_s(shift(r)), (n, oh, ow, c); pooling with kernel 1 is
@@ -299,14 +317,9 @@ __global__ void pool_shift_kernel(typename P::T *p1, typename P::T *p2, const ty
     const size_t count = (size_t)n * oh * ow * c;
     FOR_EACH(t, count / P::V) {
         const unsigned i = t * P::V;
-        const int ch = (int)(i % c);
-        unsigned q = i / c;
-        const int x = (int)(q % ow);
-        q /= ow;
-        const int y = (int)(q % oh);
-        const unsigned img = q / oh;
-        const int sy = y * s, sx = x * s;
-        const unsigned base = img * h * w * c + ch;
+        const Nhwc o = nhwc_at(i, c, oh, ow);
+        const int sy = o.y * s, sx = o.x * s;
+        const unsigned base = o.img * h * w * c + o.ch;
         store_pack(p1, i, load_pack<P>(r, base + ((unsigned)sy * w + sx) * c));
         const int zy = reimpl ? sy + 1 : sy - 1, zx = reimpl ? sx + 1 : sx - 1;
         P z;
@@ -337,13 +350,9 @@ __global__ void relu_backward_pool_kernel(typename P::T *dx, const typename P::T
     const size_t count = (size_t)n * h * w * c;
     FOR_EACH(t, count / P::V) {
         const unsigned i = t * P::V;
-        const int ch = (int)(i % c);
-        unsigned q = i / c;
-        const int x = (int)(q % w);
-        q /= w;
-        const int y = (int)(q % h);
-        const unsigned img = q / h;
-        const unsigned obase = img * oh * ow * c + ch;
+        const Nhwc p = nhwc_at(i, c, h, w);
+        const int x = p.x, y = p.y;
+        const unsigned obase = p.img * oh * ow * c + p.ch;
         const P xs = load_pack<P>(xin, i), ds = load_pack<P>(dr, i);
         float g[P::V];
 #pragma unroll
