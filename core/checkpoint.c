@@ -18,6 +18,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +218,77 @@ int checkpoint_save(const char *path, const Model *m, const float *params,
 done:
     free(json);
     return rc;
+}
+
+static void writer_clear(CheckpointWriter *w)
+{
+    free(w->path);
+    free(w->meta.config_json);
+    w->path = NULL;
+    w->meta.config_json = NULL;
+}
+
+static void *writer_main(void *arg)
+{
+    CheckpointWriter *w = arg;
+    const double t0 = time_now();
+    w->rc = checkpoint_save(w->path, w->m, w->params, w->state, w->momentum,
+                            w->has_meta ? &w->meta : NULL, &w->err);
+    w->seconds = time_now() - t0;
+    return NULL;
+}
+
+int checkpoint_save_start(CheckpointWriter *w, const char *path, const Model *m,
+                          const float *params, const float *state, const float *momentum,
+                          const CheckpointMeta *meta, Err *e)
+{
+    if (checkpoint_save_wait(w, e))
+        return -1;
+    w->path = strdup(path);
+    w->has_meta = meta != NULL;
+    if (meta) {
+        w->meta = *meta;
+        w->meta.config_json = meta->config_json ? strdup(meta->config_json) : NULL;
+    }
+    if (!w->path || (meta && meta->config_json && !w->meta.config_json)) {
+        writer_clear(w);
+        return err_set(e, "saving checkpoint %s: out of memory", path);
+    }
+    w->m = m;
+    w->params = params;
+    w->state = state;
+    w->momentum = momentum;
+    w->rc = 0;
+    w->err.msg[0] = '\0';
+    /* signals (Ctrl-C, SIGTERM) go to the training thread, whose handler
+     * stops the loop, not to the writer: it starts with all blocked */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    const int started = pthread_create(&w->thread, NULL, writer_main, w) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started) {
+        w->running = 1;
+        return 0;
+    }
+    /* no thread (resource limits): write here, as checkpoint_save would */
+    writer_main(w);
+    writer_clear(w);
+    if (w->rc)
+        return err_set(e, "%s", w->err.msg);
+    return 0;
+}
+
+int checkpoint_save_wait(CheckpointWriter *w, Err *e)
+{
+    if (!w->running)
+        return 0;
+    pthread_join(w->thread, NULL);
+    w->running = 0;
+    writer_clear(w);
+    if (w->rc)
+        return err_set(e, "%s", w->err.msg);
+    return 0;
 }
 
 /* ---- reading ---- */

@@ -74,10 +74,25 @@ typedef struct {
     int device_data;            /* the backend keeps the data and makes batches */
     FILE *log;
     char ckpt_path[1100];
+    CheckpointWriter ckw;       /* the epoch's checkpoint, written while the next trains */
+    double ckpt_wait;           /* seconds the loop stood still for checkpoints */
+    double ckpt_write;          /* seconds spent writing them (mostly in the background) */
 } Run;
+
+/* Waits for the checkpoint being written, if any; its time into ckpt_write. */
+static int run_checkpoint_wait(Run *r, Err *e)
+{
+    if (!r->ckw.running)
+        return 0;
+    int rc = checkpoint_save_wait(&r->ckw, e);
+    r->ckpt_write += r->ckw.seconds;
+    return rc;
+}
 
 static void run_free(Run *r)
 {
+    Err ignored;                /* a failing run reports its own error */
+    run_checkpoint_wait(r, &ignored);   /* before the arrays it reads go */
     if (r->be)
         r->ops->destroy(r->be);
     dataset_free(&r->train);
@@ -193,14 +208,34 @@ static int run_evaluate(Run *r, EvalResult *res, Err *e)
     return 0;
 }
 
-static int run_checkpoint(Run *r, int64_t step, int64_t epoch, Err *e)
+/*
+ * The checkpoint after `step`: the backend's state into params, state and
+ * momentum (which nothing but checkpoints uses between loads), then the file,
+ * in the background when async (the next epoch trains meanwhile; the next
+ * checkpoint, or the end of the run, waits for it), else before returning.
+ * Either way the previous write is finished first, so the files land in
+ * order. A run killed before a background write lands resumes from the one
+ * before, and redoes that epoch, as one killed just before a write would.
+ */
+static int run_checkpoint(Run *r, int64_t step, int64_t epoch, int async, Err *e)
 {
-    if (r->ops->store(r->be, r->params, r->state, r->momentum, NULL, e))
+    const double t0 = time_now();
+    if (run_checkpoint_wait(r, e) ||
+        r->ops->store(r->be, r->params, r->state, r->momentum, NULL, e))
         return -1;
     CheckpointMeta meta = {step, epoch, (uint64_t)r->cfg->seed, config_to_json(r->cfg)};
-    int rc = checkpoint_save(r->ckpt_path, &r->model, r->params, r->state, r->momentum,
-                             &meta, e);
+    int rc;
+    if (async) {
+        rc = checkpoint_save_start(&r->ckw, r->ckpt_path, &r->model, r->params, r->state,
+                                   r->momentum, &meta, e);
+    } else {
+        const double tw = time_now();
+        rc = checkpoint_save(r->ckpt_path, &r->model, r->params, r->state, r->momentum, &meta,
+                             e);
+        r->ckpt_write += time_now() - tw;
+    }
     free(meta.config_json);
+    r->ckpt_wait += time_now() - t0;
     return rc;
 }
 
@@ -288,6 +323,8 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
 
     /* backends that run whole steps where the data is */
     const int device_steps = r->device_data && r->ops->train_step && r->ops->step_stats;
+    const char *sc = getenv("SHAKE_SYNC_CHECKPOINTS");
+    const int sync_ckpt = sc && strcmp(sc, "1") == 0;
     status = TRAIN_DONE;
     for (int epoch = (int)(step / spe); epoch < cfg->epochs; epoch++) {
         data_epoch_order(r->order, n, seed, epoch, cfg->shuffle);
@@ -356,7 +393,7 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
         }
         double secs = time_now() - t0;
         if (status != TRAIN_DONE) {
-            if (run_checkpoint(r, step, epoch, e))
+            if (run_checkpoint(r, step, epoch, 0, e))
                 goto fail;
             json_t *ev = json_object();
             json_object_set_new(ev, "event", json_string(status == TRAIN_STOPPED ? "stop"
@@ -404,13 +441,19 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
                     s.seconds, s.images_per_s);
             fflush(progress);
         }
-        if (run_checkpoint(r, step, epoch + 1, e))
+        /* the last one before the run reports done, the others while the
+         * next epoch trains (SHAKE_SYNC_CHECKPOINTS=1: all before it) */
+        if (run_checkpoint(r, step, epoch + 1, epoch + 1 < cfg->epochs && !sync_ckpt, e))
             goto fail;
     }
+    if (run_checkpoint_wait(r, e))
+        goto fail;
     if (status == TRAIN_DONE) {
         json_t *o = json_object();
         json_object_set_new(o, "event", json_string("end"));
         json_object_set_new(o, "step", json_integer(step));
+        json_object_set_new(o, "checkpoint_wait_seconds", json_real(r->ckpt_wait));
+        json_object_set_new(o, "checkpoint_write_seconds", json_real(r->ckpt_write));
         log_event(r, o);
     }
     goto done;

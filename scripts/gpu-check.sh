@@ -334,12 +334,17 @@ epoch_run() { # WIDTH PRECISION [TAG]: `sweep train`, 2 epochs; prints the secon
         grep -m 3 "cuda backend" "$3.out"
         "$4" -c "
 import json, sys
-ep = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-ep = [e for e in ep if e.get(\"event\") == \"epoch\"]
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ep = [e for e in ev if e.get(\"event\") == \"epoch\"]
+end = [e for e in ev if e.get(\"event\") == \"end\"][-1]
 e = ep[-1]
 print(\" img_per_s=%.1f ms_per_step=%.2f epoch_s=%.2f train_s=%.2f eval_s=%.2f\" % (
     50000 / e[\"seconds\"], 1000 * e[\"seconds\"] / 391, e[\"seconds\"] + e[\"eval_seconds\"],
     e[\"seconds\"], e[\"eval_seconds\"]))
+# the two checkpoints (the first written while epoch 2 trained, the last
+# before the run ended): time written, and time the loop stood still
+print(\" ckpt_write_s=%.3f ckpt_wait_s=%.3f\" % (
+    end[\"checkpoint_write_seconds\"], end[\"checkpoint_wait_seconds\"]))
 " "$3/log.jsonl"' "$bin/sweep" "$2" "$1" "$tmp/run-w$1-$2${3:+-$3}" "$py"
 }
 # the comparisons that matter most first, in case the budget runs out;

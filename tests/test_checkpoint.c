@@ -680,6 +680,87 @@ static void test_atomic(void **state)
     free(dir);
 }
 
+/*
+ * The background writer: the same bytes as checkpoint_save, its metadata
+ * copied at the start (the caller may free its own at once), a second start
+ * waiting for the first, and a failed write reported by the wait (naming the
+ * path) with the writer usable again.
+ */
+static void test_background_writer(void **state)
+{
+    (void)state;
+    char *dir = tu_tempdir("ckpt-bg");
+    char p1[4096], p2[4096], p3[4096], bad[4200];
+    snprintf(p1, sizeof p1, "%s/a.safetensors", dir);
+    snprintf(p2, sizeof p2, "%s/b.safetensors", dir);
+    snprintf(p3, sizeof p3, "%s/c.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/no/such/dir/ck.safetensors", dir);
+    Net a, b;
+    net_make(&a, &TINY, 31);
+    net_make(&b, &TINY, 32);
+    Err e = {{0}};
+    CheckpointWriter w;
+    memset(&w, 0, sizeof w);
+    assert_int_equal(checkpoint_save_wait(&w, &e), 0);     /* nothing started */
+
+    const char *config = "{\"depth\":8,\"width\":4}";
+    CheckpointMeta meta = {40, 10, 7, strdup(config)};
+    assert_int_equal(checkpoint_save_start(&w, p1, &a.m, a.params, a.state, a.momentum, &meta,
+                                           &e), 0);
+    memset(meta.config_json, 'x', strlen(config));          /* the caller's copy goes */
+    free(meta.config_json);
+    assert_int_equal(checkpoint_save_start(&w, p2, &b.m, b.params, b.state, NULL, NULL, &e), 0);
+    if (checkpoint_save_wait(&w, &e))
+        fail_msg("%s", e.msg);
+    assert_false(w.running);
+    assert_true(w.seconds > 0);
+    assert_holds(p1, &a);
+    assert_holds(p2, &b);
+    CheckpointMeta got = {0};
+    if (checkpoint_read_meta(p1, &got, &e))
+        fail_msg("%s", e.msg);
+    assert_true(got.step == 40 && got.epoch == 10 && got.seed == 7);
+    assert_string_equal(got.config_json, config);
+    checkpoint_meta_free(&got);
+
+    /* byte for byte what checkpoint_save writes */
+    CheckpointMeta same = {40, 10, 7, (char *)config};
+    if (checkpoint_save(p3, &a.m, a.params, a.state, a.momentum, &same, &e))
+        fail_msg("%s", e.msg);
+    size_t n1 = 0, n3 = 0;
+    char *f1 = tu_read_file(p1, &n1), *f3 = tu_read_file(p3, &n3);
+    assert_non_null(f1);
+    assert_non_null(f3);
+    assert_int_equal(n1, n3);
+    assert_memory_equal(f1, f3, n1);
+    free(f1);
+    free(f3);
+
+    /* a write that fails: the start succeeds, the wait reports it; the
+     * next start reports it too if nobody waited, and writes nothing */
+    assert_int_equal(checkpoint_save_start(&w, bad, &a.m, a.params, a.state, NULL, NULL, &e), 0);
+    assert_int_equal(checkpoint_save_wait(&w, &e), -1);
+    assert_contains(e.msg, bad);
+    assert_contains(e.msg, "No such file");
+    assert_int_equal(checkpoint_save_wait(&w, &e), 0);     /* reported once */
+    assert_int_equal(checkpoint_save_start(&w, bad, &a.m, a.params, a.state, NULL, NULL, &e), 0);
+    assert_int_equal(checkpoint_save_start(&w, p2, &a.m, a.params, a.state, NULL, NULL, &e), -1);
+    assert_contains(e.msg, bad);
+    assert_holds(p2, &b);
+    assert_int_equal(checkpoint_save_wait(&w, &e), 0);
+    /* and then it writes again */
+    assert_int_equal(checkpoint_save_start(&w, p2, &a.m, a.params, a.state, NULL, NULL, &e), 0);
+    if (checkpoint_save_wait(&w, &e))
+        fail_msg("%s", e.msg);
+    assert_holds(p2, &a);
+    assert_int_equal(count_entries(dir), 3);                /* no temporary file left */
+
+    net_free(&a);
+    net_free(&b);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* ---- the file written by Python's safetensors ---- */
 
 #define FIXTURE_LIST "tests/fixtures/tiny_tensors.txt"
@@ -768,6 +849,7 @@ int main(void)
         cmocka_unit_test(test_bad_entries),
         cmocka_unit_test(test_wrong_model),
         cmocka_unit_test(test_atomic),
+        cmocka_unit_test(test_background_writer),
         cmocka_unit_test(test_fixture_list_current),
         cmocka_unit_test(test_python_fixture),
     };

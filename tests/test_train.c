@@ -2,7 +2,8 @@
  * The training loop end to end on small CIFAR-10 folders written in the real
  * binary format: exact resume (at an epoch boundary and mid-epoch, on the
  * cpu and ref backends), same seed = same run, a network that memorizes 256
- * images, the JSON-lines log, divergence reported as such.
+ * images, the JSON-lines log, divergence reported as such, and a run killed
+ * while an epoch's checkpoint is written in the background resuming exactly.
  */
 #include "testutil.h"
 
@@ -11,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "config.h"
@@ -18,6 +21,7 @@
 #include "train.h"
 
 static char *data_dir;
+static const char *self_exe = "/proc/self/exe";  /* for a child run that dies */
 
 static int setup(void **s)
 {
@@ -138,7 +142,16 @@ static void test_log(void **s)
                 assert_true(json_real_value(json_object_get(o, "lr")) == 0.0);
         }
         starts += strcmp(ev, "start") == 0;
-        ends += strcmp(ev, "end") == 0;
+        if (strcmp(ev, "end") == 0) {
+            ends++;
+            /* two checkpoints written (one in the background): their time,
+             * and the loop's wait for them, which cannot exceed the run's */
+            json_t *w = json_object_get(o, "checkpoint_write_seconds");
+            json_t *t = json_object_get(o, "checkpoint_wait_seconds");
+            assert_true(json_is_real(w) && json_is_real(t));
+            assert_true(json_real_value(w) > 0 && json_real_value(w) < 60);
+            assert_true(json_real_value(t) > 0 && json_real_value(t) < 60);
+        }
         json_decref(o);
     }
     assert_int_equal(epochs, 2);
@@ -178,6 +191,76 @@ static void test_memorizes_256_images(void **s)
     free(dir);
 }
 
+/*
+ * A run killed at the end of epoch 3 (before its checkpoint), while epoch 2's
+ * checkpoint may still be being written in the background: the folder holds
+ * epoch 1's or epoch 2's checkpoint, whole, and the run resumed from it ends
+ * where the uninterrupted run does, to the bit. The dying run is this
+ * program again (--die-at-epoch-3), a fresh process: a forked copy of one
+ * that has used OpenMP may hang in its first parallel loop.
+ */
+static void die_at_epoch_3(void *ctx, const EpochStats *s)
+{
+    (void)ctx;
+    if (s->epoch == 3)
+        _exit(0);   /* no cleanup: threads, a half-written file and all */
+}
+
+static int child_run(const char *dir, const char *out)
+{
+    data_dir = (char *)dir;
+    TrainConfig c;
+    base_config(&c, "cpu", out);
+    TrainHooks h = {die_at_epoch_3, NULL};
+    Err e = {{0}};
+    train_run_hooked(&c, NULL, &h, &e);
+    fprintf(stderr, "child run did not die at epoch 3: %s\n", e.msg);
+    return 2;
+}
+
+static void test_killed_while_checkpointing(void **s)
+{
+    (void)s;
+    char *root = tu_tempdir("killed");
+    char straight[480], part[480], cont[480], ck[520];
+    snprintf(straight, sizeof straight, "%.400s/straight", root);
+    snprintf(part, sizeof part, "%.400s/part", root);
+    snprintf(cont, sizeof cont, "%.400s/cont", root);
+    TrainConfig c;
+    base_config(&c, "cpu", straight);  /* 4 epochs */
+    tu_train(&c, TRAIN_DONE);
+
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl(self_exe, self_exe, "--die-at-epoch-3", data_dir, part, (char *)NULL);
+        _exit(3);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", part);
+    Err e = {{0}};
+    CheckpointMeta meta = {0};
+    if (checkpoint_read_meta(ck, &meta, &e))
+        fail_msg("%s", e.msg);
+    if (meta.epoch != 1 && meta.epoch != 2)
+        fail_msg("the dead run left epoch %lld's checkpoint, not 1's or 2's",
+                 (long long)meta.epoch);
+    checkpoint_meta_free(&meta);
+    char outkv[500];
+    snprintf(outkv, sizeof outkv, "out=%s", cont);
+    char *assign[] = {outkv};
+    if (train_resume_config(&c, ck, assign, 1, &e))
+        fail_msg("%s", e.msg);
+    tu_train(&c, TRAIN_DONE);
+    tu_assert_same_run(straight, cont, &c);
+    tu_rmtree(root);
+    free(root);
+}
+
 static void test_divergence_reported(void **s)
 {
     (void)s;
@@ -193,8 +276,10 @@ static void test_divergence_reported(void **s)
     free(root);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "--die-at-epoch-3") == 0)
+        return child_run(argv[2], argv[3]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_epoch_boundary_cpu),
         cmocka_unit_test(test_resume_mid_epoch_cpu),
@@ -203,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_log),
         cmocka_unit_test(test_memorizes_256_images),
         cmocka_unit_test(test_divergence_reported),
+        cmocka_unit_test(test_killed_while_checkpointing),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
