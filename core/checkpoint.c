@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include "checkpoint.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -150,17 +151,24 @@ static int write_body(FILE *f, const char *json, const Model *m, const float *pa
     return 0;
 }
 
+/* The folder that holds path, into dir; returns path's file name. */
+static const char *parent_dir(const char *path, char *dir, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, len, ".");
+    else if (slash == path)
+        snprintf(dir, len, "/");
+    else
+        snprintf(dir, len, "%.*s", (int)(slash - path), path);
+    return slash ? slash + 1 : path;
+}
+
 /* After the rename, so the new directory entry itself survives a crash. */
 static int fsync_parent(const char *path)
 {
     char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    parent_dir(path, dir, sizeof dir);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -218,6 +226,36 @@ int checkpoint_save(const char *path, const Model *m, const float *params,
 done:
     free(json);
     return rc;
+}
+
+int checkpoint_remove_stale(const char *path)
+{
+    char dir[4096];
+    const char *name = parent_dir(path, dir, sizeof dir);
+    const size_t len = strlen(name);
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int removed = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        /* NAME.tmp.PID, PID all digits, the process gone (on this host:
+         * the orchestrator never runs one run in two places at once) */
+        const char *s = de->d_name;
+        if (strncmp(s, name, len) != 0 || strncmp(s + len, ".tmp.", 5) != 0)
+            continue;
+        char *end;
+        errno = 0;
+        const long pid = strtol(s + len + 5, &end, 10);
+        if (s[len + 5] < '0' || s[len + 5] > '9' || *end || errno || pid <= 0 ||
+            pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char file[4096 + 256];
+        snprintf(file, sizeof file, "%s/%s", dir, s);
+        removed += unlink(file) == 0;
+    }
+    closedir(d);
+    return removed;
 }
 
 static void writer_clear(CheckpointWriter *w)

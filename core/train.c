@@ -269,6 +269,8 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
     if (mkdir_p(cfg->out, e))
         goto done;
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/checkpoint.safetensors", cfg->out);
+    /* a killed run's half-written checkpoint (26 2x96d: 210 MB) goes */
+    checkpoint_remove_stale(r->ckpt_path);
 
     int64_t step = 0;
     if (cfg->resume[0] || cfg->init[0]) {

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -761,6 +762,42 @@ static void test_background_writer(void **state)
     free(dir);
 }
 
+/* A dead writer's temporary file goes; a live one's, our own, and files
+ * of other names stay. */
+static void test_remove_stale(void **state)
+{
+    (void)state;
+    char *dir = tu_tempdir("ckpt-stale");
+    char path[4096], f[4300];
+    snprintf(path, sizeof path, "%s/ck.safetensors", dir);
+    pid_t dead = fork();
+    assert_true(dead >= 0);
+    if (dead == 0)
+        _exit(0);
+    assert_int_equal(waitpid(dead, NULL, 0), dead);       /* reaped: no such process */
+    const long pids[] = {(long)dead, (long)getppid(), (long)getpid()};
+    for (int i = 0; i < 3; i++) {
+        snprintf(f, sizeof f, "%s.tmp.%ld", path, pids[i]);
+        tu_write_file(f, "x", 1);
+    }
+    const char *others[] = {"ck.safetensors", "ck.safetensors.tmp.12x", "ck.safetensors.tmp.",
+                            "other.safetensors.tmp.1"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(f, sizeof f, "%s/%s", dir, others[i]);
+        tu_write_file(f, "x", 1);
+    }
+    snprintf(f, sizeof f, "%s/other.safetensors.tmp.%ld", dir, (long)dead);
+    tu_write_file(f, "x", 1);
+    assert_int_equal(count_entries(dir), 8);
+    assert_int_equal(checkpoint_remove_stale(path), 1);
+    assert_int_equal(count_entries(dir), 7);
+    snprintf(f, sizeof f, "%s.tmp.%ld", path, (long)dead);
+    assert_int_equal(access(f, F_OK), -1);
+    assert_int_equal(checkpoint_remove_stale(path), 0);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* ---- the file written by Python's safetensors ---- */
 
 #define FIXTURE_LIST "tests/fixtures/tiny_tensors.txt"
@@ -850,6 +887,7 @@ int main(void)
         cmocka_unit_test(test_wrong_model),
         cmocka_unit_test(test_atomic),
         cmocka_unit_test(test_background_writer),
+        cmocka_unit_test(test_remove_stale),
         cmocka_unit_test(test_fixture_list_current),
         cmocka_unit_test(test_python_fixture),
     };

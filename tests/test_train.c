@@ -194,10 +194,12 @@ static void test_memorizes_256_images(void **s)
 /*
  * A run killed at the end of epoch 3 (before its checkpoint), while epoch 2's
  * checkpoint may still be being written in the background: the folder holds
- * epoch 1's or epoch 2's checkpoint, whole, and the run resumed from it ends
- * where the uninterrupted run does, to the bit. The dying run is this
- * program again (--die-at-epoch-3), a fresh process: a forked copy of one
- * that has used OpenMP may hang in its first parallel loop.
+ * epoch 1's or epoch 2's checkpoint, whole, and the run resumed from it in
+ * the same folder (as `sweep run` resumes) ends where the uninterrupted run
+ * does, to the bit, and leaves no temporary file of the dead run's behind.
+ * The dying run is this program again (--die-at-epoch-3), a fresh process:
+ * a forked copy of one that has used OpenMP may hang in its first parallel
+ * loop.
  */
 static void die_at_epoch_3(void *ctx, const EpochStats *s)
 {
@@ -222,10 +224,9 @@ static void test_killed_while_checkpointing(void **s)
 {
     (void)s;
     char *root = tu_tempdir("killed");
-    char straight[480], part[480], cont[480], ck[520];
+    char straight[480], part[480], ck[520], stale[560];
     snprintf(straight, sizeof straight, "%.400s/straight", root);
     snprintf(part, sizeof part, "%.400s/part", root);
-    snprintf(cont, sizeof cont, "%.400s/cont", root);
     TrainConfig c;
     base_config(&c, "cpu", straight);  /* 4 epochs */
     tu_train(&c, TRAIN_DONE);
@@ -250,13 +251,17 @@ static void test_killed_while_checkpointing(void **s)
         fail_msg("the dead run left epoch %lld's checkpoint, not 1's or 2's",
                  (long long)meta.epoch);
     checkpoint_meta_free(&meta);
+    /* as if it had died mid-write (it may have): its temporary file */
+    snprintf(stale, sizeof stale, "%s.tmp.%ld", ck, (long)pid);
+    tu_write_file(stale, "half", 4);
     char outkv[500];
-    snprintf(outkv, sizeof outkv, "out=%s", cont);
+    snprintf(outkv, sizeof outkv, "out=%s", part);
     char *assign[] = {outkv};
     if (train_resume_config(&c, ck, assign, 1, &e))
         fail_msg("%s", e.msg);
     tu_train(&c, TRAIN_DONE);
-    tu_assert_same_run(straight, cont, &c);
+    tu_assert_same_run(straight, part, &c);
+    assert_int_equal(access(stale, F_OK), -1);
     tu_rmtree(root);
     free(root);
 }
