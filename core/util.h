@@ -26,6 +26,9 @@ void mem_free(void *p);
 int mkdir_p(const char *path, Err *e);
 
 double time_now(void);          /* monotonic seconds */
+/* Sleeps s seconds, or less where a signal arrives (a caller that waits for
+ * one wakes at once). */
+void sleep_s(double s);
 size_t peak_rss_bytes(void);    /* this process's peak resident set */
 
 #endif
