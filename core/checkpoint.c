@@ -266,6 +266,15 @@ static void writer_clear(CheckpointWriter *w)
     w->meta.config_json = NULL;
 }
 
+/* After the write: the writer's copies go, its status returned once. */
+static int writer_finish(CheckpointWriter *w, Err *e)
+{
+    writer_clear(w);
+    if (w->rc)
+        return err_set(e, "%s", w->err.msg);
+    return 0;
+}
+
 static void *writer_main(void *arg)
 {
     CheckpointWriter *w = arg;
@@ -311,10 +320,7 @@ int checkpoint_save_start(CheckpointWriter *w, const char *path, const Model *m,
     }
     /* no thread (resource limits): write here, as checkpoint_save would */
     writer_main(w);
-    writer_clear(w);
-    if (w->rc)
-        return err_set(e, "%s", w->err.msg);
-    return 0;
+    return writer_finish(w, e);
 }
 
 int checkpoint_save_wait(CheckpointWriter *w, Err *e)
@@ -323,10 +329,7 @@ int checkpoint_save_wait(CheckpointWriter *w, Err *e)
         return 0;
     pthread_join(w->thread, NULL);
     w->running = 0;
-    writer_clear(w);
-    if (w->rc)
-        return err_set(e, "%s", w->err.msg);
-    return 0;
+    return writer_finish(w, e);
 }
 
 /* ---- reading ---- */
