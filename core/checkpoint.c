@@ -151,37 +151,6 @@ static int write_body(FILE *f, const char *json, const Model *m, const float *pa
     return 0;
 }
 
-/* The folder that holds path, into dir; returns path's file name. */
-static const char *parent_dir(const char *path, char *dir, size_t len)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, len, ".");
-    else if (slash == path)
-        snprintf(dir, len, "/");
-    else
-        snprintf(dir, len, "%.*s", (int)(slash - path), path);
-    return slash ? slash + 1 : path;
-}
-
-/* After the rename, so the new directory entry itself survives a crash. */
-static int fsync_parent(const char *path)
-{
-    char dir[4096];
-    parent_dir(path, dir, sizeof dir);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    /* Some file systems cannot sync a folder; nothing more can be done there. */
-    if (rc != 0 && errno == EINVAL)
-        rc = 0;
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return rc;
-}
-
 int checkpoint_save(const char *path, const Model *m, const float *params,
                     const float *state, const float *momentum,
                     const CheckpointMeta *meta, Err *e)
@@ -231,7 +200,7 @@ done:
 int checkpoint_remove_stale(const char *path)
 {
     char dir[4096];
-    const char *name = parent_dir(path, dir, sizeof dir);
+    const char *name = path_parent(path, dir, sizeof dir);
     const size_t len = strlen(name);
     DIR *d = opendir(dir);
     if (!d)

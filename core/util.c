@@ -1,4 +1,4 @@
-/* Error buffer, checked allocation and clocks shared by the engine. */
+/* Error buffer, checked allocation, clocks and file helpers shared by the engine. */
 #include "util.h"
 
 #include <stdarg.h>
@@ -6,10 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int err_set(Err *e, const char *fmt, ...)
 {
@@ -97,4 +99,35 @@ size_t peak_rss_bytes(void)
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return 0;
     return (size_t)ru.ru_maxrss * 1024;
+}
+
+/* The folder that holds path, into dir; returns path's file name. */
+const char *path_parent(const char *path, char *dir, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, len, ".");
+    else if (slash == path)
+        snprintf(dir, len, "/");
+    else
+        snprintf(dir, len, "%.*s", (int)(slash - path), path);
+    return slash ? slash + 1 : path;
+}
+
+/* After the rename, so the new directory entry itself survives a crash. */
+int fsync_parent(const char *path)
+{
+    char dir[4096];
+    path_parent(path, dir, sizeof dir);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    /* Some file systems cannot sync a folder; nothing more can be done there. */
+    if (rc != 0 && errno == EINVAL)
+        rc = 0;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
 }

@@ -24,6 +24,12 @@ void mem_free(void *p);
 
 /* Creates a folder and its missing parents (mkdir -p). */
 int mkdir_p(const char *path, Err *e);
+/* The folder that holds path ("." for a bare name), into dir; returns
+ * path's file name. */
+const char *path_parent(const char *path, char *dir, size_t len);
+/* fsync of the folder that holds path: after a rename over path, so that
+ * the new directory entry survives a crash. 0, or -1 with errno. */
+int fsync_parent(const char *path);
 
 double time_now(void);          /* monotonic seconds */
 /* Sleeps s seconds, or less where a signal arrives (a caller that waits for
