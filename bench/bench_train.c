@@ -153,7 +153,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_train: no backend '%s' (have %s)\n", bname, backend_names());
         return 2;
     }
-    BackendOptions bo = {batch, threads, device, precision};
+    BackendOptions bo = {.max_batch = batch, .threads = threads, .device = device,
+                         .precision = precision};
     Backend *be = ops->create(&m, &bo, &e);
     if (!be) {
         fprintf(stderr, "bench_train: %s\n", e.msg);

@@ -112,12 +112,30 @@ static void run_free(Run *r)
         fclose(r->log);
 }
 
+/* The record of the convolution algorithms a run picked, in its folder
+ * (core/algo_record.h; the cuda backend writes it). */
+#define ALGO_RECORD_NAME "cuda-algorithms.json"
+
 /* Data, model, backend and host buffers for cfg; state initialized by
- * model_init (the caller may then load a checkpoint over it). */
-static int run_setup(Run *r, const TrainConfig *cfg, Err *e)
+ * model_init (the caller may then load a checkpoint over it). train: a
+ * training run, whose folder (cfg->out) is made first and keeps the
+ * backend's algorithm record. */
+static int run_setup(Run *r, const TrainConfig *cfg, int train, Err *e)
 {
     memset(r, 0, sizeof *r);
     r->cfg = cfg;
+    char record[1100], seed[1100] = "";
+    if (train) {
+        if (mkdir_p(cfg->out, e))
+            return -1;
+        snprintf(record, sizeof record, "%s/" ALGO_RECORD_NAME, cfg->out);
+        /* resumed from another folder: that run's record, until this one has its own */
+        if (cfg->resume[0]) {
+            char dir[1024];
+            path_parent(cfg->resume, dir, sizeof dir);
+            snprintf(seed, sizeof seed, "%s/" ALGO_RECORD_NAME, dir);
+        }
+    }
     if (cfg->threads > 0)
         omp_set_num_threads(cfg->threads);
     const char *dir = cfg->data_dir[0] ? cfg->data_dir : dataset_default_dir(cfg->dataset);
@@ -138,10 +156,15 @@ static int run_setup(Run *r, const TrainConfig *cfg, Err *e)
     if (!r->ops)
         return err_set(e, "backend '%s' is not built into this binary (have: %s)",
                        cfg->backend, backend_names());
-    BackendOptions bo = {cfg->batch, cfg->threads, cfg->device, PRECISION_FP32};
+    BackendOptions bo = {.max_batch = cfg->batch, .threads = cfg->threads,
+                         .device = cfg->device, .precision = PRECISION_FP32};
     if (cfg->precision == CFG_PRECISION_BF16 ||
         (cfg->precision == CFG_PRECISION_AUTO && strcmp(cfg->backend, "cuda") == 0))
         bo.precision = PRECISION_BF16;
+    if (train) {
+        bo.algo_record = record;
+        bo.algo_record_seed = seed[0] ? seed : NULL;
+    }
     r->be = r->ops->create(&r->model, &bo, e);
     if (!r->be)
         return err_wrap(e, "backend %s", cfg->backend);
@@ -263,11 +286,9 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
 {
     Run run, *r = &run;
     int status = TRAIN_FAILED;
-    if (run_setup(r, cfg, e))
+    if (run_setup(r, cfg, 1, e))
         goto done;
     const Model *m = &r->model;
-    if (mkdir_p(cfg->out, e))
-        goto done;
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/checkpoint.safetensors", cfg->out);
     /* a killed run's half-written checkpoint (26 2x96d: 210 MB) goes */
     checkpoint_remove_stale(r->ckpt_path);
@@ -538,7 +559,7 @@ int eval_checkpoint(const char *path, const char *data_dir, const char *backend,
     cfg.train_subset = 0; /* evaluation needs only the test split */
     Run run, *r = &run;
     int rc = -1;
-    if (run_setup(r, &cfg, e))
+    if (run_setup(r, &cfg, 0, e))
         goto done;
     if (checkpoint_load(path, &r->model, r->params, r->state, NULL, NULL, e))
         goto done;

@@ -28,6 +28,11 @@ typedef struct {
     int threads;                /* 0: all cores */
     int device;                 /* GPU ordinal (cuda) */
     Precision precision;        /* PRECISION_BF16: cuda only */
+    /* cuda: the file that records the convolution algorithms picked
+     * (core/algo_record.h), read before cuDNN is asked and kept up to date;
+     * NULL: none. seed: another run's record, read when this one has none
+     * yet (a run resumed from another folder). */
+    const char *algo_record, *algo_record_seed;
 } BackendOptions;
 
 /* One training step, for backends that run it whole (train_step). */
@@ -125,6 +130,11 @@ int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint6
 /* How many training steps a cuda backend has run as a replayed CUDA graph
  * (tests: graphs are in use). Only for a backend made by backend_cuda. */
 long backend_cuda_graph_launches(const Backend *b);
+/* The algorithms (cuDNN's numbers) that conv i of a cuda backend uses at
+ * its current batch size: forward, backward data, backward filter into
+ * algo; 1, or 0 where conv i has none (never runs, or not prepared yet), -1
+ * past the last conv. Only for a backend made by backend_cuda (tests). */
+int backend_cuda_conv_algos(const Backend *b, int i, int algo[3]);
 /* How many blocks of a cuda backend run their branches' first convolutions
  * as one (SHAKE_CUDA_MERGE). Only for a backend made by backend_cuda. */
 int backend_cuda_merged_blocks(const Backend *b);

@@ -66,6 +66,7 @@
 
 extern "C" {
 #include "backend.h"
+#include "../core/algo_record.h"
 }
 #include "../core/philox.h"
 
@@ -1174,6 +1175,12 @@ struct Backend {
      * input, output and weights and a workspace of WS_CAP, made at first use */
     int find;
     void *find_x, *find_y, *find_w, *find_ws;
+    /* BackendOptions.algo_record: the algorithms picked, kept in a file so
+     * that a run resumed in another process uses the same (NULL: none);
+     * what the record's entries are keyed by on this machine */
+    AlgoRecord *rec;
+    int rec_failed;             /* a save failed (said once) */
+    char rec_gpu[300], rec_library[40];
     long graph_launches;
     cudaGraphExec_t graph;
     TrainStep graph_key;        /* the constants the graph was captured with */
@@ -1494,36 +1501,16 @@ static void print_found(const Backend *be, const Conv *cv, int n, const char *wh
     }
 }
 
-/* Descriptors and algorithm candidates for batch n (kept until n changes). */
-static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
+/*
+ * Asks cuDNN for cv's candidates at batch n (the descriptors set for n):
+ * its heuristics, or with be->find its Find. *need_main: the workspace the
+ * forward and data gradient need on cv's lane; *need_filter: the filter
+ * gradient's (on cv->wlane).
+ */
+static int conv_query(Backend *be, Conv *cv, int n, size_t *need_main, size_t *need_filter,
+                      Err *e)
 {
-    if (cv->n == n)
-        return 0;
     const ConvDesc *d = cv->d;
-    /* the current batch's candidates back to its slot (a candidate found
-     * unsupported stays skipped), then this batch's from its slot if any */
-    int from = -1;
-    for (int i = 0; i < PLANS; i++) {
-        if (cv->n && cv->plans[i].n == cv->n) {
-            cv->plans[i].fwd = cv->fwd;
-            cv->plans[i].bwd_data = cv->bwd_data;
-            cv->plans[i].bwd_filter = cv->bwd_filter;
-        }
-        if (cv->plans[i].n == n)
-            from = i;
-    }
-    cv->n = 0;
-    CKDNN(cudnnSetTensor4dDescriptor(cv->x, CUDNN_TENSOR_NHWC, be->dtype, n, d->cin, d->ih, d->iw));
-    CKDNN(cudnnSetTensor4dDescriptor(cv->y, CUDNN_TENSOR_NHWC, be->dtype, n, d->cout, d->oh,
-                                     d->ow));
-    if (from >= 0) {
-        /* the workspace only grows: it still holds what these need */
-        cv->fwd = cv->plans[from].fwd;
-        cv->bwd_data = cv->plans[from].bwd_data;
-        cv->bwd_filter = cv->plans[from].bwd_filter;
-        cv->n = n;
-        return 0;
-    }
     /* the heuristics see the descriptor's math type: before each query, the
      * widest the precision allows (FILL_ALGOS leaves a candidate's) */
 #define WIDEST_MATH()                                                                 \
@@ -1568,7 +1555,7 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
                                                             ws);
     };
     FILL_ALGOS(cv->bwd_data, pd, got, bwd_data_ok, data_ws);
-    const size_t need_main = need;  /* the filter gradient's may go to another lane */
+    *need_main = need;          /* the filter gradient's may go to another lane */
     need = 0;
     WIDEST_MATH();
     cudnnConvolutionBwdFilterAlgoPerf_t pw[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
@@ -1587,6 +1574,154 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     };
     FILL_ALGOS(cv->bwd_filter, pw, got, bwd_filter_ok, filter_ws);
 #undef WIDEST_MATH
+    *need_filter = need;
+    return 0;
+}
+
+/* cv's key in the algorithm record at batch n; conv (len bytes) holds its
+ * shape's words */
+static AlgoKey rec_key(const Backend *be, const Conv *cv, int n, char *conv, size_t len)
+{
+    const ConvDesc *d = cv->d;
+    snprintf(conv, len, "%dx%d conv %d -> %d, stride %d, pad %d, groups %d, input %dx%d", d->k,
+             d->k, d->cin, d->cout, d->stride, d->pad, d->groups, d->ih, d->iw);
+    return (AlgoKey){be->rec_gpu, be->rec_library, be->use_bf16 ? "bf16" : "fp32",
+                     be->find ? "find" : "heuristics", conv, n};
+}
+
+/*
+ * One direction's candidates from the record's: those that exist, that
+ * the precision allows and whose workspace fits WS_CAP, in the record's
+ * order. 0 if none does (the record is then not used for cv).
+ */
+template <typename A, typename Ok, typename Ws>
+static int rec_list(Backend *be, Conv *cv, AlgoList *list, const AlgoLists *rl, int dir,
+                    int nalgos, Ok ok, Ws wsfn, size_t *need)
+{
+    list->count = list->cur = 0;
+    for (int i = 0; i < rl->count[dir] && list->count < MAX_ALGOS; i++) {
+        const int a = rl->algo[dir][i];
+        const cudnnMathType_t mt = (cudnnMathType_t)rl->math[dir][i];
+        size_t ws = 0;
+        if (a >= nalgos || !ok(be, (A)a, mt, 0) ||
+            (mt != CUDNN_DEFAULT_MATH && mt != CUDNN_TENSOR_OP_MATH && mt != CUDNN_FMA_MATH &&
+             mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) ||
+            cudnnSetConvolutionMathType(cv->conv, mt) != CUDNN_STATUS_SUCCESS ||
+            wsfn((A)a, &ws) != CUDNN_STATUS_SUCCESS || ws > WS_CAP)
+            continue;
+        list->algo[list->count] = a;
+        list->math[list->count] = mt;
+        list->ws[list->count++] = ws;
+        *need = ws > *need ? ws : *need;
+    }
+    return list->count > 0;
+}
+
+/* cv's candidates at batch n from the record, if it has usable ones for
+ * every direction: 1, or 0 (cv's lists then undefined) */
+static int rec_lists(Backend *be, Conv *cv, const AlgoLists *rl, size_t *need_main,
+                     size_t *need_filter)
+{
+    cudnnHandle_t h = be->lane[cv->lane].dnn;
+    auto fwd_ws = [&](cudnnConvolutionFwdAlgo_t a, size_t *ws) {
+        return cudnnGetConvolutionForwardWorkspaceSize(h, cv->x, cv->w, cv->conv, cv->y, a, ws);
+    };
+    auto data_ws = [&](cudnnConvolutionBwdDataAlgo_t a, size_t *ws) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, cv->w, cv->y, cv->conv, cv->x, a,
+                                                            ws);
+    };
+    auto filter_ws = [&](cudnnConvolutionBwdFilterAlgo_t a, size_t *ws) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, cv->x, cv->y, cv->conv, cv->w, a,
+                                                              ws);
+    };
+    *need_main = *need_filter = 0;
+    return rec_list<cudnnConvolutionFwdAlgo_t>(be, cv, &cv->fwd, rl, 0,
+                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, fwd_ok, fwd_ws,
+                                               need_main) &&
+           rec_list<cudnnConvolutionBwdDataAlgo_t>(be, cv, &cv->bwd_data, rl, 1,
+                                                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                   bwd_data_ok, data_ws, need_main) &&
+           rec_list<cudnnConvolutionBwdFilterAlgo_t>(be, cv, &cv->bwd_filter, rl, 2,
+                                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                     bwd_filter_ok, filter_ws, need_filter);
+}
+
+/* cv's lists at batch n into the record */
+static int rec_put(Backend *be, const Conv *cv, const AlgoKey *k, Err *e)
+{
+    AlgoLists l;
+    const AlgoList *dirs[ALGO_DIRS] = {&cv->fwd, &cv->bwd_data, &cv->bwd_filter};
+    for (int dir = 0; dir < ALGO_DIRS; dir++) {
+        l.count[dir] = dirs[dir]->count < ALGO_MAX ? dirs[dir]->count : ALGO_MAX;
+        for (int i = 0; i < l.count[dir]; i++) {
+            l.algo[dir][i] = dirs[dir]->algo[i];
+            l.math[dir][i] = (int)dirs[dir]->math[i];
+        }
+    }
+    return algo_record_put(be->rec, k, &l, e);
+}
+
+/* Writes the record if it changed; a failure is said once and the run goes
+ * on (only a resumed run's exact repeat depends on the file). */
+static void rec_flush(Backend *be)
+{
+    Err e = {{0}};
+    if (!be->rec || algo_record_save(be->rec, &e) == 0 || be->rec_failed)
+        return;
+    be->rec_failed = 1;
+    fprintf(stderr, "cuda backend: warning: %s; a run resumed from this one may pick other "
+                    "algorithms\n",
+            e.msg);
+}
+
+/* Descriptors and algorithm candidates for batch n (kept until n changes). */
+static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
+{
+    if (cv->n == n)
+        return 0;
+    const ConvDesc *d = cv->d;
+    /* the current batch's candidates back to its slot (a candidate found
+     * unsupported stays skipped), then this batch's from its slot if any */
+    int from = -1;
+    for (int i = 0; i < PLANS; i++) {
+        if (cv->n && cv->plans[i].n == cv->n) {
+            cv->plans[i].fwd = cv->fwd;
+            cv->plans[i].bwd_data = cv->bwd_data;
+            cv->plans[i].bwd_filter = cv->bwd_filter;
+        }
+        if (cv->plans[i].n == n)
+            from = i;
+    }
+    cv->n = 0;
+    CKDNN(cudnnSetTensor4dDescriptor(cv->x, CUDNN_TENSOR_NHWC, be->dtype, n, d->cin, d->ih, d->iw));
+    CKDNN(cudnnSetTensor4dDescriptor(cv->y, CUDNN_TENSOR_NHWC, be->dtype, n, d->cout, d->oh,
+                                     d->ow));
+    if (from >= 0) {
+        /* the workspace only grows: it still holds what these need */
+        cv->fwd = cv->plans[from].fwd;
+        cv->bwd_data = cv->plans[from].bwd_data;
+        cv->bwd_filter = cv->plans[from].bwd_filter;
+        cv->n = n;
+        return 0;
+    }
+    size_t need_main = 0, need = 0;
+    const char *how = be->find ? "find" : "heuristics";
+    char kconv[160];
+    AlgoKey key = {};
+    int recorded = 0;
+    if (be->rec) {
+        key = rec_key(be, cv, n, kconv, sizeof kconv);
+        AlgoLists rl;
+        recorded = algo_record_get(be->rec, &key, &rl) && rec_lists(be, cv, &rl, &need_main, &need);
+        if (recorded)
+            how = "record";
+    }
+    if (!recorded) {
+        TRY(conv_query(be, cv, n, &need_main, &need, e));
+        if (be->rec)
+            TRY(rec_put(be, cv, &key, e));
+    }
+    Lane *ln = &be->lane[cv->lane];
     Lane *wln = &be->lane[cv->wlane];
     if (wln == ln) {
         TRY(grow_workspace(be, ln, need > need_main ? need : need_main, e));
@@ -1604,12 +1739,12 @@ static int conv_prepare(Backend *be, Conv *cv, int n, Err *e)
     if (be->verbose)
         fprintf(stderr, "cuda: %dx%d conv %d -> %d (stride %d, groups %d, %dx%d) at batch %d, "
                         "%s: forward algo %d math %d, backward data %d math %d, backward filter "
-                        "%d math %d (of %d, %d, %d candidates), workspace %zu\n",
+                        "%d math %d (of %d, %d, %d candidates, %s), workspace %zu\n",
                 d->k, d->k, d->cin, d->cout, d->stride, d->groups, d->ih, d->iw, n,
                 be->use_bf16 ? "bf16" : "fp32", cv->fwd.algo[0], (int)cv->fwd.math[0],
                 cv->bwd_data.algo[0], (int)cv->bwd_data.math[0], cv->bwd_filter.algo[0],
                 (int)cv->bwd_filter.math[0], cv->fwd.count, cv->bwd_data.count,
-                cv->bwd_filter.count, ln->ws_size);
+                cv->bwd_filter.count, how, ln->ws_size);
     return 0;
 }
 
@@ -1907,6 +2042,10 @@ static void cuda_destroy(Backend *be)
     }
     for (int i = 0; i < be->nconvs; i++)
         conv_destroy(be->convs[i]);
+    if (be->rec) {
+        rec_flush(be);
+        algo_record_close(be->rec);
+    }
     void *bufs[] = {be->P,  be->G,       be->M,         be->S,      be->Wc,
                     be->Gc, be->bn_arena, be->lane[0].part, be->lane[0].k1, be->lane[0].ws,
                     be->lane[1].ws, be->lane[2].ws, be->lane[3].ws,
@@ -1981,6 +2120,20 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     const int N = o->max_batch;
     cudaGetLastError();         /* an earlier failure in this thread is not ours */
     TRY(use_device(o->device, e));
+    if (o->algo_record) {
+        /* a record's entries hold for one kind of GPU and one cuDNN */
+        cudaDeviceProp prop;
+        CK(cudaGetDeviceProperties(&prop, o->device));
+        snprintf(be->rec_gpu, sizeof be->rec_gpu, "%s (sm_%d%d)", prop.name, prop.major,
+                 prop.minor);
+        const size_t v = cudnnGetVersion();
+        snprintf(be->rec_library, sizeof be->rec_library, "cuDNN %zu.%zu.%zu", v / 10000,
+                 v % 10000 / 100, v % 100);
+        if (!(be->rec = algo_record_open(o->algo_record, o->algo_record_seed, e)))
+            return -1;
+        if (algo_record_warning(be->rec))
+            fprintf(stderr, "cuda backend: warning: %s\n", algo_record_warning(be->rec));
+    }
     /* a blocking stream: ordered after the default stream's copies and sets
      * (load, store, set_data use those) */
     CK(cudaStreamCreate(&be->stream));
@@ -2219,6 +2372,7 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     for (int i = 0; i < be->nconvs; i++)
         if (!be->convs[i]->idle)
             TRY(conv_prepare(be, be->convs[i], N, e));
+    rec_flush(be);
     CK(cudaStreamSynchronize(be->stream));
     return 0;
 }
@@ -2519,6 +2673,7 @@ static int cuda_forward(Backend *be, float *logits, const float *x, const float 
     }
     CK(cudaMemcpyAsync(logits, be->logits, (size_t)n * s->classes * sizeof(float),
                        cudaMemcpyDeviceToHost, be->stream));
+    rec_flush(be);              /* a batch size not seen before */
     CK(cudaStreamSynchronize(be->stream));
     if (train)
         be->train_n = n;
@@ -2907,6 +3062,7 @@ static int capture(Backend *be, cudaGraphExec_t *exec, int n, Enqueue enqueue, c
     for (int i = 0; i < be->nconvs; i++)
         if (!be->convs[i]->idle)
             TRY(conv_prepare(be, be->convs[i], n, e));
+    rec_flush(be);
     CK(cudaStreamSynchronize(be->stream));
     CK(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal));
     Err ce = {{0}};
@@ -3004,7 +3160,9 @@ static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
         }
         be->warm++;
     }
-    return step_enqueue(be, ts, e);
+    TRY(step_enqueue(be, ts, e));
+    rec_flush(be);              /* a batch size not seen before */
+    return 0;
 }
 
 static int cuda_step_stats(Backend *be, double *loss_sum, int64_t *wrong, int64_t *bad_step,
@@ -3105,6 +3263,19 @@ int backend_cuda_data_batch(float *x, int *labels, const Dataset *ds, const int 
 long backend_cuda_graph_launches(const Backend *be)
 {
     return be->graph_launches;
+}
+
+int backend_cuda_conv_algos(const Backend *be, int i, int algo[3])
+{
+    if (i < 0 || i >= be->nconvs)
+        return -1;
+    const Conv *cv = be->convs[i];
+    if (cv->idle || !cv->n)
+        return 0;
+    algo[0] = cv->fwd.algo[cv->fwd.cur];
+    algo[1] = cv->bwd_data.algo[cv->bwd_data.cur];
+    algo[2] = cv->bwd_filter.algo[cv->bwd_filter.cur];
+    return 1;
 }
 
 int backend_cuda_merged_blocks(const Backend *be)

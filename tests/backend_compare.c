@@ -110,7 +110,8 @@ static void fixture_setup(Fixture *f, const BackendOps *ops, const BackendOption
     for (int i = 0; i < n; i++)
         f->labels[i] = i % K;
 
-    const BackendOptions ref_opts = {n, 2, 0, PRECISION_FP32};
+    const BackendOptions ref_opts = {.max_batch = n, .threads = 2, .device = 0,
+                                     .precision = PRECISION_FP32};
     f->ref = compare_create(&backend_ref, m, &ref_opts, n);
     f->tst = compare_create(ops, m, o, n);
     COMPARE_OK(backend_ref.load(f->ref, f->params, f->state, NULL, ep));

@@ -38,7 +38,8 @@ static const CompareCase cases[] = {
      SHAKE_SHAKE, SHAKE_SHAKE, LEVEL_IMAGE},
 };
 
-static const BackendOptions float32_2threads = {0, 2, 0, PRECISION_FP32};
+static const BackendOptions float32_2threads = {.max_batch = 0, .threads = 2, .device = 0,
+                                                .precision = PRECISION_FP32};
 
 static void test_backend(void **ctx)
 {

@@ -133,7 +133,8 @@ static const CompareSyncTol tol_bf16_synced = {5e-2, 2e-2, 0.4, 1e-5};
 static void test_parity(void **ctx)
 {
     const Parity *p = *ctx;
-    BackendOptions o = {0, 2, 0, p->mode == BF16_SYNCED ? PRECISION_BF16 : PRECISION_FP32};
+    BackendOptions o = {.max_batch = 0, .threads = 2, .device = 0,
+                        .precision = p->mode == BF16_SYNCED ? PRECISION_BF16 : PRECISION_FP32};
     CompareCase c = *p->c;
     c.name = p->name;
     const int i = (int)(p->c - cases);
@@ -169,7 +170,8 @@ static void test_tuning_knobs(void **ctx)
     setenv("SHAKE_CUDA_FIND", "1", 1);
     for (int k = 0; k < 2; k++) {
         const int i = k == 0 ? 0 : CASE_RESNEXT;
-        BackendOptions o = {0, 2, 0, k == 0 ? PRECISION_FP32 : PRECISION_BF16};
+        BackendOptions o = {.max_batch = 0, .threads = 2, .device = 0,
+                            .precision = k == 0 ? PRECISION_FP32 : PRECISION_BF16};
         CompareCase c = cases[i];
         char name[200];
         snprintf(name, sizeof name, "SHAKE_CUDA_FIND=1, %s: %s",
@@ -195,7 +197,7 @@ static void test_tuning_knobs(void **ctx)
                {"SHAKE_CUDA_MERGE", ""},         {"SHAKE_CUDA_MERGE", "10"}};
     for (size_t j = 0; j < sizeof bad / sizeof bad[0]; j++) {
         setenv(bad[j].knob, bad[j].value, 1);
-        BackendOptions o = {4, 2, 0, PRECISION_FP32};
+        BackendOptions o = {.max_batch = 4, .threads = 2, .device = 0, .precision = PRECISION_FP32};
         e = (Err){{0}};
         Backend *be = cuda->create(&m, &o, &e);
         unsetenv(bad[j].knob);
@@ -609,14 +611,14 @@ static void test_out_of_memory(void **ctx)
     Err e = {{0}};
     if (model_build(&m, &spec, &e))
         fail_msg("%s", e.msg);
-    BackendOptions o = {8192, 2, 0, PRECISION_FP32};
+    BackendOptions o = {.max_batch = 8192, .threads = 2, .device = 0, .precision = PRECISION_FP32};
     Backend *be = cuda->create(&m, &o, &e);
     if (be)
         fail_msg("26 2x96d at batch 8192 fitted in GPU memory");
     if (!strstr(e.msg, "out of GPU memory") || !strstr(e.msg, "batch 8192") ||
         !strstr(e.msg, "26 2x96d"))
         fail_msg("unclear out-of-memory error: %s", e.msg);
-    BackendOptions small = {4, 2, 0, PRECISION_FP32};
+    BackendOptions small = {.max_batch = 4, .threads = 2, .device = 0, .precision = PRECISION_FP32};
     const ModelSpec tiny = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
     Model t;
     if (model_build(&t, &tiny, &e))
@@ -639,7 +641,8 @@ static void test_bad_device(void **ctx)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const int dev = bad[i];
         for (int prec = PRECISION_FP32; prec <= PRECISION_BF16; prec++) {
-            BackendOptions o = {4, 2, dev, (Precision)prec};
+            BackendOptions o = {.max_batch = 4, .threads = 2, .device = dev,
+                                .precision = (Precision)prec};
             e = (Err){{0}};
             Backend *be = cuda->create(&m, &o, &e);
             expect_device_error(prec == PRECISION_BF16 ? "create (bf16)" : "create", be ? 0 : -1,
@@ -679,9 +682,224 @@ static void test_bad_device(void **ctx)
     tu_rmtree(root);
     free(root);
     /* and the errors left nothing behind: device 0 still works */
-    BackendOptions o = {4, 2, 0, PRECISION_FP32};
+    BackendOptions o = {.max_batch = 4, .threads = 2, .device = 0, .precision = PRECISION_FP32};
     Backend *be = compare_create(cuda, &m, &o, 4);
     cuda->destroy(be);
+    model_free(&m);
+}
+
+/* ---- the record of the algorithms picked ---- */
+
+enum { REC_CONVS = 64 };
+
+/* A forward and backward of 26 2x32d's little sister at batch n (inputs,
+ * coefficients and loss gradient all made up: only the algorithms count). */
+static void rec_steps(Backend *be, const Model *m, int n)
+{
+    const ModelSpec *s = &m->spec;
+    const size_t xc = (size_t)n * s->in_c * s->in_h * s->in_w;
+    float *x = calloc(xc, sizeof *x), *logits = calloc((size_t)n * s->classes, sizeof *logits);
+    float *dl = calloc((size_t)n * s->classes, sizeof *dl);
+    float *coef = calloc((size_t)m->nblocks * n, sizeof *coef);
+    assert_non_null(x && logits && dl && coef);
+    for (size_t i = 0; i < xc; i++)
+        x[i] = (float)((i * 37) % 11) / 11.0f - 0.5f;
+    for (int i = 0; i < m->nblocks * n; i++)
+        coef[i] = 0.5f;
+    for (int i = 0; i < n; i++)
+        dl[(size_t)i * s->classes] = 1.0f;
+    Err e = {{0}};
+    if (cuda->forward(be, logits, x, coef, n, 1, &e) || cuda->backward(be, dl, coef, n, &e))
+        fail_msg("batch %d: %s", n, e.msg);
+    free(x);
+    free(logits);
+    free(dl);
+    free(coef);
+}
+
+/* The algorithms in use, conv by conv (-1: none), after steps at batch 4
+ * and then 3, by a backend recording into path (NULL: none). */
+static void rec_run(const Model *m, const char *path, int algos[REC_CONVS][3])
+{
+    BackendOptions o = {.max_batch = 4, .threads = 2, .device = 0,
+                        .precision = PRECISION_FP32, .algo_record = path};
+    Backend *be = compare_create(cuda, m, &o, 4);
+    float *params = calloc(m->nparams, sizeof *params), *state = calloc(m->nstate, sizeof *state);
+    assert_non_null(params && state);
+    model_init(m, 3, params, state);
+    Err e = {{0}};
+    if (cuda->load(be, params, state, NULL, &e))
+        fail_msg("%s", e.msg);
+    rec_steps(be, m, 4);
+    rec_steps(be, m, 3);
+    /* written as soon as a new batch size ran, not only at the end (a
+     * run may be killed) */
+    if (path) {
+        json_error_t je;
+        json_t *root = json_load_file(path, 0, &je);
+        if (!root)
+            fail_msg("%s after batch 3: %s", path, je.text);
+        size_t k;
+        json_t *en;
+        int seen = 0;
+        json_array_foreach(json_object_get(root, "entries"), k, en) seen |=
+            json_integer_value(json_object_get(en, "batch")) == 3;
+        json_decref(root);
+        if (!seen)
+            fail_msg("%s: no entry for batch 3 after it ran", path);
+    }
+    int i, rc;
+    for (i = 0; i < REC_CONVS && (rc = backend_cuda_conv_algos(be, i, algos[i])) >= 0; i++)
+        if (rc == 0)
+            algos[i][0] = algos[i][1] = algos[i][2] = -1;
+    if (i == REC_CONVS)
+        fail_msg("more than %d convolutions", REC_CONVS);
+    for (; i < REC_CONVS; i++)
+        algos[i][0] = algos[i][1] = algos[i][2] = -2;
+    cuda->destroy(be);
+    free(params);
+    free(state);
+}
+
+static json_t *rec_load(const char *path)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root)
+        fail_msg("%s: %s (line %d)", path, je.text, je.line);
+    if (!json_is_array(json_object_get(root, "entries")))
+        fail_msg("%s: no entries", path);
+    return root;
+}
+
+/*
+ * A backend given a record (core/algo_record.h) writes the lists it picked
+ * for every batch size it ran, and a backend given that record uses them
+ * even where cuDNN's Find would now pick otherwise: in the emulation
+ * SHAKE_EMU_FIND_FLIP=1 makes it, and the same backend without the record
+ * then uses another forward algorithm, so the check can tell (on a GPU,
+ * where Find's timings decide, only the first half holds to be checked). An
+ * entry naming an algorithm that does not exist is not used: cuDNN is asked
+ * again and the entry replaced. A record that is not JSON is replaced. A
+ * training run keeps its record in its folder, and resumed into another
+ * folder starts from the first one's.
+ */
+static void test_algo_record(void **ctx)
+{
+    (void)ctx;
+    const ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
+    Model m;
+    Err e = {{0}};
+    if (model_build(&m, &spec, &e))
+        fail_msg("%s", e.msg);
+    char *root = tu_tempdir("algo-record");
+    char path[600];
+    snprintf(path, sizeof path, "%s/rec.json", root);
+    static int first[REC_CONVS][3], again[REC_CONVS][3], other[REC_CONVS][3];
+
+    setenv("SHAKE_CUDA_FIND", "1", 1);
+    rec_run(&m, path, first);
+    json_t *rec = rec_load(path);
+    size_t i;
+    json_t *en;
+    int batches = 0;
+    json_array_foreach(json_object_get(rec, "entries"), i, en)
+    {
+        const int b = (int)json_integer_value(json_object_get(en, "batch"));
+        assert_string_equal(json_string_value(json_object_get(en, "search")), "find");
+        assert_string_equal(json_string_value(json_object_get(en, "precision")), "fp32");
+        if (b != 3 && b != 4)
+            fail_msg("an entry for batch %d; the backend ran 4 and 3", b);
+        batches |= 1 << (b - 3);
+    }
+    assert_int_equal(batches, 3);
+    json_decref(rec);
+    size_t len0, len1;
+    char *before = tu_read_file(path, &len0);
+
+    /* Find now orders otherwise; the record still decides */
+    setenv("SHAKE_EMU_FIND_FLIP", "1", 1);
+    rec_run(&m, path, again);
+    assert_memory_equal(first, again, sizeof first);
+    char *after = tu_read_file(path, &len1);
+    assert_true(len0 == len1 && memcmp(before, after, len0) == 0);
+    free(before);
+    free(after);
+#ifdef SHAKE_CUDA_EMU
+    rec_run(&m, NULL, other);
+    if (memcmp(first, other, sizeof first) == 0)
+        fail_msg("the flipped Find picked what the record holds: the check could not tell");
+#endif
+
+    /* entries naming no algorithm: asked again, and replaced */
+    unsetenv("SHAKE_EMU_FIND_FLIP");
+    rec = rec_load(path);
+    json_array_foreach(json_object_get(rec, "entries"), i, en)
+        json_object_set_new(en, "forward", json_pack("[[ii]]", 99, 0));
+    if (json_dump_file(rec, path, 0))
+        fail_msg("cannot write %s", path);
+    json_decref(rec);
+    rec_run(&m, path, other);
+    assert_memory_equal(first, other, sizeof first);
+    rec = rec_load(path);
+    json_array_foreach(json_object_get(rec, "entries"), i, en)
+    {
+        const json_t *f0 = json_array_get(json_array_get(json_object_get(en, "forward"), 0), 0);
+        if (json_integer_value(f0) == 99)
+            fail_msg("the entry naming forward algorithm 99 is still there");
+    }
+    json_decref(rec);
+
+    /* not JSON: replaced */
+    tu_write_file(path, "{\"format\": ", 11);
+    rec_run(&m, path, other);
+    assert_memory_equal(first, other, sizeof first);
+    rec = rec_load(path);
+    assert_true(json_array_size(json_object_get(rec, "entries")) > 0);
+    json_decref(rec);
+    unsetenv("SHAKE_CUDA_FIND");
+
+    /* a training run's folder, and a run resumed into another */
+    char run1[700], run2[700], ck[800], r1[800], r2[800], outkv[800];
+    snprintf(run1, sizeof run1, "%s/run1", root);
+    snprintf(run2, sizeof run2, "%s/run2", root);
+    TrainConfig c;
+    base_config(&c, "cuda", run1);
+    c.steps = 2;
+    tu_train(&c, TRAIN_STOPPED);
+    snprintf(r1, sizeof r1, "%s/cuda-algorithms.json", run1);
+    snprintf(r2, sizeof r2, "%s/cuda-algorithms.json", run2);
+    json_t *rec1 = rec_load(r1);
+    assert_true(json_array_size(json_object_get(rec1, "entries")) > 0);
+    /* an entry that no convolution of this run asks for: a resumed run that
+     * asked cuDNN afresh instead of starting from this record would not
+     * have it */
+    json_t *marker = json_deep_copy(json_array_get(json_object_get(rec1, "entries"), 0));
+    json_object_set_new(marker, "conv", json_string("a convolution of another network"));
+    json_array_append_new(json_object_get(rec1, "entries"), marker);
+    if (json_dump_file(rec1, r1, 0))
+        fail_msg("cannot write %s", r1);
+    ckpt_path(ck, sizeof ck, run1);
+    snprintf(outkv, sizeof outkv, "out=%s", run2);
+    char *assign[] = {outkv};
+    if (train_resume_config(&c, ck, assign, 1, &e))
+        fail_msg("%s", e.msg);
+    c.steps = 3;
+    tu_train(&c, TRAIN_STOPPED);
+    json_t *rec2 = rec_load(r2);
+    json_array_foreach(json_object_get(rec1, "entries"), i, en)
+    {
+        size_t j;
+        json_t *en2;
+        int found = 0;
+        json_array_foreach(json_object_get(rec2, "entries"), j, en2) found |= json_equal(en, en2);
+        if (!found)
+            fail_msg("%s: entry %zu of the first run's record is missing", r2, i);
+    }
+    json_decref(rec1);
+    json_decref(rec2);
+    tu_rmtree(root);
+    free(root);
     model_free(&m);
 }
 
@@ -740,7 +958,7 @@ static void run_device_steps(const Model *m, const Dataset *d, const float *p0, 
     setenv("SHAKE_CUDA_GRAPHS", graphs, 1);
     setenv("SHAKE_CUDA_STREAMS", streams, 1);
     setenv("SHAKE_CUDA_MERGE", merge, 1);
-    BackendOptions o = {DS_B, 2, 0, prec};
+    BackendOptions o = {.max_batch = DS_B, .threads = 2, .device = 0, .precision = prec};
     Backend *be = compare_create(cuda, m, &o, DS_B);
     unsetenv("SHAKE_CUDA_GRAPHS");
     unsetenv("SHAKE_CUDA_STREAMS");
@@ -793,7 +1011,7 @@ static void run_device_steps(const Model *m, const Dataset *d, const float *p0, 
 static void run_host_steps(const Model *m, const Dataset *d, const float *p0, const float *s0,
                            Precision prec, StepRun *r)
 {
-    BackendOptions o = {DS_B, 2, 0, prec};
+    BackendOptions o = {.max_batch = DS_B, .threads = 2, .device = 0, .precision = prec};
     Backend *be = compare_create(cuda, m, &o, DS_B);
     COMPARE_OK(cuda->load(be, p0, s0, NULL, ep));
     const size_t img = (size_t)d->c * d->h * d->w;
@@ -1019,7 +1237,7 @@ int main(void)
     const char *only = getenv("SHAKE_TEST_FILTER");
     if (only && *only)
         cmocka_set_test_filter(only);
-    struct CMUnitTest tests[NMODES * NCASES + 12];
+    struct CMUnitTest tests[NMODES * NCASES + 13];
     int nt = 0;
     for (int mode = 0; mode < NMODES; mode++)
         for (int i = 0; i < NCASES; i++) {
@@ -1030,6 +1248,7 @@ int main(void)
             tests[nt++] = (struct CMUnitTest){q->name, test_parity, NULL, NULL, q};
         }
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_tuning_knobs);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_algo_record);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_shake_draw_same);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_data_batch_same);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_cuda_on_host);

@@ -75,7 +75,7 @@ static void net_setup(Net *t, ModelSpec spec, int n, uint64_t seed)
     t->labels = calloc((size_t)n, sizeof(int));
     for (int i = 0; i < n; i++)
         t->labels[i] = (int)(rng_u32(seed, RNG_TEST, 999, (uint32_t)i, 0) % spec.classes);
-    BackendOptions o = {n, 0, 0, PRECISION_FP32};
+    BackendOptions o = {.max_batch = n, .threads = 0, .device = 0, .precision = PRECISION_FP32};
     t->be = backend_ref.create(m, &o, &e);
     assert_non_null(t->be);
     assert_int_equal(backend_ref.load(t->be, t->params, t->state, NULL, &e), 0);
@@ -387,7 +387,8 @@ static void test_deterministic(void **state)
     net_setup(&a, resnext_spec(11), 4, 24);
     net_setup(&b, resnext_spec(11), 4, 24);
     backend_ref.destroy(b.be);
-    BackendOptions one_thread = {4, 1, 0, PRECISION_FP32};
+    BackendOptions one_thread = {.max_batch = 4, .threads = 1, .device = 0,
+                                 .precision = PRECISION_FP32};
     b.be = backend_ref.create(&b.m, &one_thread, &e);
     assert_non_null(b.be);
     assert_int_equal(backend_ref.load(b.be, b.params, b.state, NULL, &e), 0);
@@ -460,7 +461,7 @@ static void test_errors(void **state)
     assert_int_equal(backend_ref.forward(t.be, t.logits, t.x, NULL, 2, 0, &e), 0);
     assert_int_equal(backend_ref.backward(t.be, t.dlogits, t.alpha, 2, &e), -1);
     printf("  last message: %s\n", e.msg);
-    BackendOptions bad = {0, 0, 0, PRECISION_FP32};
+    BackendOptions bad = {.max_batch = 0, .threads = 0, .device = 0, .precision = PRECISION_FP32};
     assert_null(backend_ref.create(&t.m, &bad, &e));
     net_free(&t);
 }

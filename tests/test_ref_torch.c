@@ -139,7 +139,7 @@ static void check_fixture(const char *file)
     float *state_want = rd_floats(&r, m.nstate);
     float *eval_want = rd_floats(&r, nl);
 
-    BackendOptions o = {n, 0, 0, PRECISION_FP32};
+    BackendOptions o = {.max_batch = n, .threads = 0, .device = 0, .precision = PRECISION_FP32};
     Backend *be = backend_ref.create(&m, &o, &e);
     assert_non_null(be);
     assert_int_equal(backend_ref.load(be, params, state, NULL, &e), 0);

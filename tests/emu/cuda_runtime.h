@@ -366,6 +366,23 @@ inline cudaError_t cudaGetDeviceCount(int *n)
     return cudaSuccess;
 }
 
+/* the one emulated GPU's identity (what the algorithm record keys on) */
+struct cudaDeviceProp {
+    char name[256];
+    int major, minor;
+};
+
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
+{
+    if (d != 0)
+        return emu_error(cudaErrorInvalidDevice);
+    *p = cudaDeviceProp{};
+    strcpy(p->name, "CPU emulation");
+    p->major = 9;
+    p->minor = 0;
+    return cudaSuccess;
+}
+
 inline cudaError_t cudaSetDevice(int d)
 {
     if (d != 0)
