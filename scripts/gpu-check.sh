@@ -17,6 +17,8 @@
 #   `sweep run --gpus 0` on a two-cell sweep (runs placed on the GPU);
 #   20 steps of 26 2x32d bf16 with 1 (twice), 2, 3 and 4 streams, the
 #   checkpoints compared bit for bit (scripts/ckpt_same.py);
+#   the same with SHAKE_CUDA_FIND=1, straight against 10 steps and a resume
+#   that takes its algorithms from the first part's record;
 #   compute-sanitizer memcheck over a few training steps: `sweep train` on
 #   the whole-step path (data on the GPU, a captured and a replayed graph),
 #   then bench_train's per-call path (a ResNet in fp32, a ResNeXt in bf16);
@@ -241,6 +243,29 @@ run_step streams-bitwise "$out/tests.log" 120 bash -c '
 [ "$rc" = 0 ] || status=1
 note streams-bitwise "$(verdict $rc)" "$secs" \
     "$(grep -c 'bit for bit' "$tmp/streams-bitwise.out") of 4 runs as 1 stream's, 26 2x32d"
+
+# ---- cuDNN's Find and an exact resume: the algorithm record ----
+# 20 steps of 26 2x32d bf16 with SHAKE_CUDA_FIND=1 straight, against 10
+# steps and a resume in a new process to 20; the resumed run must take every
+# algorithm from the first part's record (cuda-algorithms.json; its Find
+# could order the candidates otherwise) and end bit for bit where the
+# straight run did
+# shellcheck disable=SC2016  # expanded by the inner shell
+run_step find-resume "$out/tests.log" 120 bash -c '
+    set -e
+    a="dataset=synthetic backend=cuda precision=bf16 depth=26 width=32 batch=128 epochs=1"
+    SHAKE_CUDA_FIND=1 "$0" train $a steps=20 out="$1/find-straight" >"$1/find-straight.out" 2>&1 ||
+        { cat "$1/find-straight.out"; exit 1; }
+    SHAKE_CUDA_FIND=1 "$0" train $a steps=10 out="$1/find-part" >"$1/find-part.out" 2>&1 ||
+        { cat "$1/find-part.out"; exit 1; }
+    SHAKE_CUDA_FIND=1 SHAKE_CUDA_VERBOSE=1 "$0" train resume="$1/find-part/checkpoint.safetensors" \
+        steps=20 out="$1/find-part" >"$1/find-resumed.out" 2>&1 || { cat "$1/find-resumed.out"; exit 1; }
+    echo "resumed: $(grep -c "candidates, record)" "$1/find-resumed.out") convolutions from the record," \
+        "$(grep -c "candidates, find)" "$1/find-resumed.out") found again"
+    "$2" scripts/ckpt_same.py "$1"/find-{straight,part}/checkpoint.safetensors' \
+    "$bin/sweep" "$tmp" "$py"
+[ "$rc" = 0 ] || status=1
+note find-resume "$(verdict $rc)" "$secs" "$(grep -m1 '^resumed: ' "$tmp/find-resume.out" | cut -c1-80)"
 
 # ---- memcheck ----
 san=$(command -v compute-sanitizer ||
