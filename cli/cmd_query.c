@@ -230,6 +230,7 @@ int cmd_show(int argc, char **argv)
     const int on = r.device && !(r.backend && strcmp(r.device, r.backend) == 0);
     printf("where       host %s, pid %d, backend %s%s%s\n", r.host ? r.host : "-", r.pid,
            r.backend ? r.backend : "-", on ? " on " : "", on ? r.device : "");
+    printf("hardware    %s\n", r.hardware ? r.hardware : "-");
     printf("folder      %s (checkpoint.safetensors, log.jsonl, output.log)\n", r.run_dir);
     printf("code        %s (binary built from %s%s)\n", r.code ? r.code : "-",
            r.build_commit ? r.build_commit : "-", r.build_dirty ? " with uncommitted changes" : "");
@@ -333,6 +334,7 @@ int cmd_report(int argc, char **argv)
             x->test_err = r->test_err;
             x->test_loss = r->test_loss;
             x->failure = r->failure;
+            x->hardware = r->hardware;
             EpochRec *ep;
             int nep;
             if (o.curves && store_epochs(st, r->id, &ep, &nep, &e) == 0) {

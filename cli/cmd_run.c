@@ -883,6 +883,16 @@ static void on_epoch(void *ctx, const EpochStats *s)
                 s->epoch, e.msg);
 }
 
+static void on_start(void *ctx, const char *hardware)
+{
+    ExecCtx *x = ctx;
+    Err e = {{0}};
+    if (hardware[0] && store_run_hardware(x->st, x->run_id, hardware, &e))
+        fprintf(stderr, "sweep exec-run: recording what the run computes on: %s (it stays in "
+                        "log.jsonl)\n",
+                e.msg);
+}
+
 /* Beats every HEARTBEAT_S seconds on a connection of its own. */
 static void *heartbeat(void *arg)
 {
@@ -1001,7 +1011,7 @@ int cmd_exec_run(int argc, char **argv)
         }
     }
     beating = pthread_create(&beat, NULL, heartbeat, &x) == 0;
-    TrainHooks hooks = {on_epoch, &x};
+    TrainHooks hooks = {.on_epoch = on_epoch, .ctx = &x, .on_start = on_start};
     int st = train_run_hooked(&cfg, stdout, &hooks, &e);
     if (beating) {
         pthread_mutex_lock(&x.lock);

@@ -388,6 +388,58 @@ static int versions_note(Report *R)
     return rc;
 }
 
+/* What the shown runs with a result computed on, most runs first: one
+ * note, where any run says (a paper names its hardware). */
+static int hardware_note(Report *R)
+{
+    const char **hw = NULL;
+    int *count = NULL, n = 0, total = 0, rc = 0;
+    for (int i = 0; i < R->in->ncells; i++)
+        total += R->cells[i].nshown;
+    hw = malloc(((size_t)total + 1) * sizeof *hw);
+    count = calloc((size_t)total + 1, sizeof *count);
+    if (!hw || !count) {
+        rc = -1;
+        goto done;
+    }
+    for (int i = 0; i < R->in->ncells; i++) {
+        const CellView *v = &R->cells[i];
+        for (int k = 0; k < v->nshown; k++) {
+            const ReportRun *r = &v->cell->runs[v->shown[k]];
+            if (!r->has_result || !r->hardware || !r->hardware[0])
+                continue;
+            int j = 0;
+            while (j < n && strcmp(hw[j], r->hardware) != 0)
+                j++;
+            if (j == n)
+                hw[n++] = r->hardware;
+            count[j]++;
+        }
+    }
+    /* most runs first; stable */
+    for (int i = 1; i < n; i++)
+        for (int k = i; k > 0 && count[k] > count[k - 1]; k--) {
+            const char *t = hw[k];
+            int c = count[k];
+            hw[k] = hw[k - 1];
+            count[k] = count[k - 1];
+            hw[k - 1] = t;
+            count[k - 1] = c;
+        }
+    if (n) {
+        Buf b = {0};
+        buf_addf(&b, "computed on");
+        for (int i = 0; i < n; i++)
+            buf_addf(&b, "%s %s (%d run%s)", i ? ";" : "", hw[i], count[i], plural(count[i]));
+        rc = b.oom ? -1 : strlist_addf(&R->notes, "%s", b.s);
+        free(b.s);
+    }
+done:
+    free(hw);
+    free(count);
+    return rc;
+}
+
 static int report_build(Report *R, const ReportInput *in, Err *e)
 {
     memset(R, 0, sizeof *R);
@@ -460,6 +512,8 @@ static int report_build(Report *R, const ReportInput *in, Err *e)
                                  R->nversions ? "" : " (no run has it)"))
         goto oom;
     if (R->nversions > 1 && versions_note(R))
+        goto oom;
+    if (hardware_note(R))
         goto oom;
     return 0;
 oom:

@@ -30,6 +30,7 @@ typedef struct {
     int nepochs;                /* per-epoch test error, percent (for curves) */
     const double *curve;
     const char *failure;        /* reason, for failed runs; may be NULL */
+    const char *hardware;       /* what it computed on; may be NULL */
 } ReportRun;
 
 typedef struct {

@@ -181,6 +181,8 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  lr REAL, train_loss REAL, train_err REAL, test_loss REAL, test_err REAL,"
     "  seconds REAL, images_per_s REAL,"
     "  PRIMARY KEY (run_id, epoch));",
+    /* 2: what each run computed on (the GPU or processor and libraries) */
+    "ALTER TABLE runs ADD COLUMN hardware TEXT;",
 };
 
 static int migrate(Store *st, Err *e)
@@ -660,7 +662,8 @@ void cell_recs_free(CellRec *c, int n)
     "r.backend, r.pid_tag, r.failure, r.code, r.build_commit, r.repo_state, r.repo_path, " \
     "r.repo_commit, r.repo_branch, r.build_dirty, r.repo_dirty, r.diff_id, r.pid, "      \
     "r.started, r.ended, r.heartbeat, r.epochs_done, r.epochs_total, r.test_err, "      \
-    "r.test_loss FROM runs r JOIN cells c ON c.id = r.cell_id JOIN sweeps s ON "         \
+    "r.test_loss, r.hardware FROM runs r JOIN cells c ON c.id = r.cell_id JOIN sweeps s " \
+    "ON "                                                                                 \
     "s.id = c.sweep_id "
 
 static void read_run(Stmt *q, RunRec *r)
@@ -691,6 +694,7 @@ static void read_run(Stmt *q, RunRec *r)
     r->has_result = sqlite3_column_type(q->s, 33) != SQLITE_NULL;
     r->test_err = sqlite3_column_double(q->s, 33);
     r->test_loss = sqlite3_column_double(q->s, 34);
+    r->hardware = col_text(q, 35);
 }
 
 void run_rec_free(RunRec *r)
@@ -698,8 +702,8 @@ void run_rec_free(RunRec *r)
     char *texts[] = {r->sweep_key, r->label, r->row, r->col, r->run_dir, r->config_json,
                      r->host, r->device, r->backend, r->pid_tag, r->failure, r->code,
                      r->build_commit, r->repo_state, r->repo_path, r->repo_commit,
-                     r->repo_branch};
-    for (int i = 0; i < 17; i++)
+                     r->repo_branch, r->hardware};
+    for (int i = 0; i < 18; i++)
         free(texts[i]);
     memset(r, 0, sizeof *r);
 }
@@ -973,6 +977,22 @@ int store_run_started(Store *st, int64_t run_id, int pid, const char *backend,
 fail:
     rollback(st);
     return -1;
+}
+
+int store_run_hardware(Store *st, int64_t run_id, const char *hardware, Err *e)
+{
+    Stmt q;
+    if (prep(&q, st,
+             "UPDATE runs SET hardware = CASE WHEN hardware IS NULL OR hardware = ?2 THEN ?2 "
+             "  WHEN substr(hardware, -length(?2)) = ?2 THEN hardware "
+             "  ELSE hardware || ' // then on ' || ?2 END WHERE id = ?1",
+             e))
+        return -1;
+    bind_i(&q, 1, run_id);
+    bind_t(&q, 2, hardware);
+    int rc = step(&q, e);
+    fin(&q);
+    return rc < 0 ? -1 : 0;
 }
 
 int store_run_epoch(Store *st, int64_t run_id, const EpochStats *s, Err *e)

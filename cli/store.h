@@ -21,7 +21,7 @@
 #include "train.h"
 #include "util.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 typedef struct Store Store;
 
@@ -42,6 +42,7 @@ typedef struct {
     char *run_dir;              /* absolute */
     char *config_json;          /* what runs: the cell's config with this run's seed and out */
     char *host, *device, *backend, *pid_tag, *failure, *code;
+    char *hardware;             /* what it computed on (the backend's line); NULL: not known */
     char *build_commit, *repo_state, *repo_path, *repo_commit, *repo_branch;
     int build_dirty, repo_dirty;
     int64_t diff_id;            /* 0: none */
@@ -122,6 +123,9 @@ int store_claim(Store *st, int64_t sweep_id, const int64_t *only, int nonly,
 /* The run's process started: who, where, with what code. */
 int store_run_started(Store *st, int64_t run_id, int pid, const char *backend,
                       const char *device, const Provenance *p, Err *e);
+/* What the run computes on, once its backend is set up; an attempt on other
+ * hardware than an earlier one adds to it ("A // then on B"). */
+int store_run_hardware(Store *st, int64_t run_id, const char *hardware, Err *e);
 /* One epoch's metrics (replacing a redone epoch's), and a heartbeat. */
 int store_run_epoch(Store *st, int64_t run_id, const EpochStats *s, Err *e);
 int store_heartbeat(Store *st, int64_t run_id, Err *e);

@@ -324,14 +324,17 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
         err_set(e, "cannot write %s: %s", logpath, strerror(errno));
         goto done;
     }
-    char desc[128];
+    char desc[128], hw[600] = "";
     model_describe(m, desc, sizeof desc);
+    if (r->ops->describe)
+        r->ops->describe(r->be, hw, sizeof hw);
     json_t *start = json_object();
     json_object_set_new(start, "event", json_string(step > 0 ? "resume" : "start"));
     json_object_set_new(start, "model", json_string(desc));
     json_object_set_new(start, "params", json_integer((json_int_t)m->nparams));
     json_object_set_new(start, "step", json_integer(step));
     json_object_set_new(start, "total_steps", json_integer(T));
+    json_object_set_new(start, "hardware", json_string(hw));
     char *cj = config_to_json(cfg);
     json_object_set_new(start, "config", json_loads(cj, 0, NULL));
     free(cj);
@@ -341,8 +344,12 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
                 "(%s), %d epochs of %lld steps%s\n", desc, m->nparams, cfg->backend, n,
                 r->test.n, dataset_name(cfg->dataset), cfg->epochs, (long long)spe,
                 step > 0 ? " (resumed)" : "");
+        if (hw[0])
+            fprintf(progress, "on %s\n", hw);
         fflush(progress);
     }
+    if (hooks && hooks->on_start)
+        hooks->on_start(hooks->ctx, hw);
 
     /* backends that run whole steps where the data is */
     const int device_steps = r->device_data && r->ops->train_step && r->ops->step_stats;

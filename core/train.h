@@ -42,6 +42,9 @@ typedef struct {
     /* after each epoch's evaluation, before its checkpoint is written */
     void (*on_epoch)(void *ctx, const EpochStats *s);
     void *ctx;
+    /* once the backend is set up, before the first step: what the run
+     * computes on (the backend's describe line); may be NULL */
+    void (*on_start)(void *ctx, const char *hardware);
 } TrainHooks;
 
 int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *hooks,

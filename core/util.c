@@ -131,3 +131,27 @@ int fsync_parent(const char *path)
     errno = saved;
     return rc;
 }
+
+void host_cpu(char *buf, size_t len)
+{
+    char model[256] = "";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (!model[0] && fgets(line, sizeof line, f)) {
+            /* "model name" on x86, "Model" or "Hardware" elsewhere */
+            const char *colon = strchr(line, ':');
+            if (!colon || !(strncmp(line, "model name", 10) == 0 ||
+                            strncmp(line, "Model", 5) == 0 || strncmp(line, "Hardware", 8) == 0))
+                continue;
+            const char *v = colon + 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            snprintf(model, sizeof model, "%.*s", (int)strcspn(v, "\n"), v);
+        }
+        fclose(f);
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    snprintf(buf, len, "%s, %ld core%s", model[0] ? model : "unknown CPU", cores,
+             cores == 1 ? "" : "s");
+}

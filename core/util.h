@@ -31,6 +31,10 @@ const char *path_parent(const char *path, char *dir, size_t len);
  * the new directory entry survives a crash. 0, or -1 with errno. */
 int fsync_parent(const char *path);
 
+/* This machine's processor, as /proc/cpuinfo names it, and its online
+ * cores: "Intel(R) Xeon(R) CPU @ 2.50GHz, 2 cores". */
+void host_cpu(char *buf, size_t len);
+
 double time_now(void);          /* monotonic seconds */
 /* Sleeps s seconds, or less where a signal arrives (a caller that waits for
  * one wakes at once). */

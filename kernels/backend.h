@@ -104,6 +104,10 @@ typedef struct {
      */
     int (*train_step)(Backend *b, const TrainStep *s, Err *e);
     int (*step_stats)(Backend *b, double *loss_sum, int64_t *wrong, int64_t *bad_step, Err *e);
+
+    /* What it computes on, in a line for the run's records: the processor
+     * or GPU and the libraries with their versions. */
+    void (*describe)(const Backend *b, char *buf, size_t len);
 } BackendOps;
 
 extern const BackendOps backend_ref;   /* kernels/ref.c */

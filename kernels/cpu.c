@@ -29,6 +29,7 @@
  */
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1184,10 +1185,22 @@ static int cpu_update(Backend *b, float lr, float momentum, float wd, Err *e)
     return 0;
 }
 
+/* OpenMP's thread count as cpu_create set it (process-wide) */
+static void cpu_describe(const Backend *be, char *buf, size_t len)
+{
+    (void)be;
+    char cpu[300];
+    host_cpu(cpu, sizeof cpu);
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(buf, len, "%s, with oneDNN %d.%d.%d, %d threads", cpu, v->major, v->minor, v->patch,
+             omp_get_max_threads());
+}
+
 const BackendOps backend_cpu = {
     "cpu", cpu_create, cpu_destroy, cpu_load, cpu_store, cpu_forward, cpu_backward, cpu_update,
     NULL,
     NULL,
     NULL,
     NULL,
+    cpu_describe,
 };

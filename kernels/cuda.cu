@@ -1181,6 +1181,8 @@ struct Backend {
     AlgoRecord *rec;
     int rec_failed;             /* a save failed (said once) */
     char rec_gpu[300], rec_library[40];
+    int sms;                    /* the GPU's multiprocessors */
+    size_t gpu_bytes;           /* and memory */
     long graph_launches;
     cudaGraphExec_t graph;
     TrainStep graph_key;        /* the constants the graph was captured with */
@@ -2120,15 +2122,18 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     const int N = o->max_batch;
     cudaGetLastError();         /* an earlier failure in this thread is not ours */
     TRY(use_device(o->device, e));
+    /* what it computes on: the record's entries hold for one kind of GPU
+     * and one cuDNN; describe() adds the rest */
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, o->device));
+    snprintf(be->rec_gpu, sizeof be->rec_gpu, "%s (sm_%d%d)", prop.name, prop.major,
+             prop.minor);
+    const size_t dv = cudnnGetVersion();
+    snprintf(be->rec_library, sizeof be->rec_library, "cuDNN %zu.%zu.%zu", dv / 10000,
+             dv % 10000 / 100, dv % 100);
+    be->sms = prop.multiProcessorCount;
+    be->gpu_bytes = prop.totalGlobalMem;
     if (o->algo_record) {
-        /* a record's entries hold for one kind of GPU and one cuDNN */
-        cudaDeviceProp prop;
-        CK(cudaGetDeviceProperties(&prop, o->device));
-        snprintf(be->rec_gpu, sizeof be->rec_gpu, "%s (sm_%d%d)", prop.name, prop.major,
-                 prop.minor);
-        const size_t v = cudnnGetVersion();
-        snprintf(be->rec_library, sizeof be->rec_library, "cuDNN %zu.%zu.%zu", v / 10000,
-                 v % 10000 / 100, v % 100);
         if (!(be->rec = algo_record_open(o->algo_record, o->algo_record_seed, e)))
             return -1;
         if (algo_record_warning(be->rec))
@@ -3179,6 +3184,19 @@ static int cuda_step_stats(Backend *be, double *loss_sum, int64_t *wrong, int64_
     return 0;
 }
 
+static void cuda_describe(const Backend *be, char *buf, size_t len)
+{
+    int drv = 0, rt = 0, blas = 0;
+    cudaDriverGetVersion(&drv);
+    cudaRuntimeGetVersion(&rt);
+    cublasGetVersion(be->blas, &blas);
+    snprintf(buf, len, "%s, %d SMs, %.0f GiB, with CUDA driver %d.%d, runtime %d.%d, %s, "
+                       "cuBLAS %d.%d.%d, in %s",
+             be->rec_gpu, be->sms, (double)be->gpu_bytes / (1 << 30), drv / 1000,
+             drv % 1000 / 10, rt / 1000, rt % 1000 / 10, be->rec_library, blas / 10000,
+             blas % 10000 / 100, blas % 100, be->use_bf16 ? "bf16" : "fp32");
+}
+
 extern "C" const BackendOps backend_cuda = {
     "cuda",
     cuda_create,
@@ -3192,6 +3210,7 @@ extern "C" const BackendOps backend_cuda = {
     cuda_batch,
     cuda_train_step,
     cuda_step_stats,
+    cuda_describe,
 };
 
 /* ---- the device-side draws, for tests ---- */

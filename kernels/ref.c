@@ -13,6 +13,7 @@
 #include "backend.h"
 
 #include <omp.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "../core/optim.h"
@@ -507,6 +508,14 @@ static int ref_update(Backend *be, float lr, float momentum, float wd, Err *e)
     return 0;
 }
 
+static void ref_describe(const Backend *be, char *buf, size_t len)
+{
+    char cpu[300];
+    host_cpu(cpu, sizeof cpu);
+    snprintf(buf, len, "%s, with plain C, %d threads", cpu,
+             be->threads > 0 ? be->threads : omp_get_max_threads());
+}
+
 const BackendOps backend_ref = {
     "ref",
     ref_create,
@@ -520,4 +529,5 @@ const BackendOps backend_ref = {
     NULL,
     NULL,
     NULL,
+    ref_describe,
 };

@@ -93,12 +93,42 @@ static void test_detects_wrong_beta(void **ctx)
     model_free(&m);
 }
 
+/* Each host backend says what it computes on: this machine's processor,
+ * the backend's library and its thread count (the run's records keep it). */
+static void test_describe(void **ctx)
+{
+    (void)ctx;
+    char cpu[300], hw[600];
+    host_cpu(cpu, sizeof cpu);
+    assert_true(strlen(cpu) > 8 && strstr(cpu, " core"));
+    const struct {
+        const char *backend, *says;
+    } want[] = {{"ref", ", with plain C, 2 threads"}, {"cpu", ", with oneDNN "}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const BackendOps *ops = backend_find(want[i].backend);
+        if (!ops)
+            continue;
+        Model m;
+        Err e = {{0}};
+        assert_int_equal(model_build(&m, &cases[0].spec, &e), 0);
+        Backend *be = compare_create(ops, &m, &float32_2threads, 4);
+        hw[0] = '\0';
+        ops->describe(be, hw, sizeof hw);
+        if (strncmp(hw, cpu, strlen(cpu)) != 0 || !strstr(hw, want[i].says))
+            fail_msg("%s: \"%s\" does not start with the processor (%s) and name \"%s\"",
+                     want[i].backend, hw, cpu, want[i].says);
+        ops->destroy(be);
+        model_free(&m);
+    }
+}
+
 int main(void)
 {
     static const char cpu[] = "cpu";
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_prestate(test_backend, (void *)cpu),
         cmocka_unit_test(test_detects_wrong_beta),
+        cmocka_unit_test(test_describe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -724,6 +724,12 @@ static void rec_run(const Model *m, const char *path, int algos[REC_CONVS][3])
     BackendOptions o = {.max_batch = 4, .threads = 2, .device = 0,
                         .precision = PRECISION_FP32, .algo_record = path};
     Backend *be = compare_create(cuda, m, &o, 4);
+    /* what it computes on, for the run's records */
+    char hw[600] = "";
+    cuda->describe(be, hw, sizeof hw);
+    if (!strstr(hw, " (sm_") || !strstr(hw, " SMs, ") || !strstr(hw, ", with CUDA driver ") ||
+        !strstr(hw, ", cuDNN ") || !strstr(hw, ", cuBLAS ") || !strstr(hw, ", in fp32"))
+        fail_msg("describe: \"%s\" lacks the GPU, its libraries or the precision", hw);
     float *params = calloc(m->nparams, sizeof *params), *state = calloc(m->nstate, sizeof *state);
     assert_non_null(params && state);
     model_init(m, 3, params, state);

@@ -279,10 +279,23 @@ static void test_sweep_report_rerun(void **s)
     free(out);
     run_recs_free(runs, n);
     store_close(st);
-    /* `sweep show` prints provenance and the epochs */
+    /* `sweep show` prints provenance, what the run computed on (this
+     * machine's processor, as the run's backend said) and the epochs */
     assert_int_equal(tu_run_sweep(&out, "show 1 --db '%s'", db), 0);
     assert_non_null(strstr(out, "code"));
     assert_non_null(strstr(out, "test err"));
+    char cpu[300], hwline[400];
+    host_cpu(cpu, sizeof cpu);
+    snprintf(hwline, sizeof hwline, "\nhardware    %s, with ", cpu);
+    if (!strstr(out, hwline))
+        fail_msg("sweep show does not say what run 1 computed on (\"%s...\"):\n%s", hwline + 1,
+                 out);
+    free(out);
+    /* and the report, over its table */
+    assert_int_equal(tu_run_sweep(&out, "report --db '%s' --sweep tiny", db), 0);
+    snprintf(hwline, sizeof hwline, "computed on %s, with ", cpu);
+    if (!strstr(out, hwline))
+        fail_msg("sweep report does not say what the runs computed on:\n%s", out);
     free(out);
     free(file);
     free(db);

@@ -601,6 +601,57 @@ static void versions_init(Versions *v)
     v->in = (ReportInput){"v", "versions", 1, 3, rows, VCOLS, 3, v->cells, NULL};
 }
 
+/*
+ * What the shown runs computed on: one note over the table, kinds with the
+ * most runs first; only runs with a result count (a failed one, or one
+ * that never said, does not), and a report whose runs never said has no
+ * such note.
+ */
+static void test_hardware_note(void **state)
+{
+    (void)state;
+    const char *h100 = "NVIDIA H100 80GB HBM3 (sm_90), 132 SMs, 79 GiB, with cuDNN 9.14.0";
+    const char *h200 = "NVIDIA H200 (sm_90), 132 SMs, 140 GiB, with cuDNN 9.14.0";
+    const char *a100 = "NVIDIA A100-SXM4-80GB (sm_80), 108 SMs, 79 GiB, with cuDNN 9.14.0";
+    ReportRun a[3] = {run_of(11, 0, RUN_DONE, 3.0, "abc1234", 100),
+                      run_of(12, 1, RUN_DONE, 3.2, "abc1234", 110),
+                      run_of(13, 2, RUN_DONE, 3.1, "abc1234", 115)};
+    a[0].hardware = h200;
+    a[1].hardware = h100;
+    a[2].hardware = h100;
+    ReportRun b[3] = {run_of(21, 0, RUN_DONE, 4.0, "abc1234", 120),
+                      run_of(22, 1, RUN_FAILED, 0, "abc1234", 0),
+                      run_of(23, 2, RUN_DONE, 4.2, "abc1234", 130)};
+    b[0].hardware = h100;
+    b[1].hardware = a100;
+    ReportCell cells[2] = {cell_of("SSI 26 2x32d", ROWS[1], COLS[0], 3.55, 3, a, 3),
+                           cell_of("SSI 26 2x64d", ROWS[1], COLS[1], 2.98, 3, b, 3)};
+    ReportInput in = {"t", "hardware", 1, 2, ROWS + 1, COLS, 2, cells, NULL};
+    char want[600];
+    snprintf(want, sizeof want, "computed on %s (3 runs); %s (1 run)", h100, h200);
+    char *s = render(&in, REPORT_TEXT);
+    assert_contains(s, want);
+    assert_lacks(s, "A100");
+    free(s);
+    s = render(&in, REPORT_MARKDOWN);
+    assert_contains(s, "computed on NVIDIA H100 80GB HBM3 (sm_90)");
+    free(s);
+    json_t *root = render_json(&in);
+    size_t i;
+    json_t *n;
+    int found = 0;
+    json_array_foreach(json_object_get(root, "notes"), i, n) found |=
+        strcmp(json_string_value(n), want) == 0;
+    assert_true(found);
+    json_decref(root);
+
+    for (int k = 0; k < 3; k++)
+        a[k].hardware = b[k].hardware = NULL;
+    s = render(&in, REPORT_TEXT);
+    assert_lacks(s, "computed on");
+    free(s);
+}
+
 static void test_versions_default(void **state)
 {
     (void)state;
@@ -870,6 +921,7 @@ int main(void)
         cmocka_unit_test(test_csv),
         cmocka_unit_test(test_json),
         cmocka_unit_test(test_partial),
+        cmocka_unit_test(test_hardware_note),
         cmocka_unit_test(test_versions_default),
         cmocka_unit_test(test_versions_selected),
         cmocka_unit_test(test_empty_and_misplaced),

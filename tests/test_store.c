@@ -4,8 +4,9 @@
  * cells that leave the file keep their runs), claims from two connections
  * never hand out a run twice, processes opening one new store together all
  * get it, dead processes and silent hosts are found,
- * redone epochs replace old ones, reruns, and a resumed run on other code
- * becomes "mixed" so it is never averaged with either version.
+ * redone epochs replace old ones, reruns, a resumed run on other code
+ * becomes "mixed" so it is never averaged with either version, and what
+ * each run computed on is kept across its attempts.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -273,20 +274,35 @@ static void test_recover_dead_and_silent(void **s)
     store_close(st);
 }
 
+/* Sweep `name` of one cell and one repeat planned in st, its run claimed
+ * and started by this process on backend and device, from a binary built
+ * at commit 0123456789ab... (*p); the sweep's id in *sweep_id. */
+static int64_t start_one(Store *st, Sweep *sw, const char *name, const char *backend,
+                         const char *device, int64_t *sweep_id, Provenance *p)
+{
+    load(sw, name, "{forward = 'even'}", 1);
+    int created;
+    int64_t run;
+    *sweep_id = plan(st, sw, &created);
+    Err e = {{0}};
+    assert_int_equal(store_claim(st, *sweep_id, NULL, 0, 5, &run, &e), 0);
+    memset(p, 0, sizeof *p);
+    snprintf(p->build_commit, sizeof p->build_commit, "0123456789abcdef0123");
+    snprintf(p->repo_state, sizeof p->repo_state, "none");
+    if (store_run_started(st, run, getpid(), backend, device, p, &e))
+        fail_msg("%s", e.msg);
+    return run;
+}
+
 static void test_epochs_results_and_reruns(void **s)
 {
     (void)s;
     Store *st = open_db("ep.db");
     Sweep sw;
-    load(&sw, "e", "{forward = 'even'}", 1);
-    int created;
-    int64_t id = plan(st, &sw, &created), run;
+    int64_t id;
+    Provenance p;
+    int64_t run = start_one(st, &sw, "e", "cpu", "cpu", &id, &p);
     Err e = {{0}};
-    assert_int_equal(store_claim(st, id, NULL, 0, 5, &run, &e), 0);
-    Provenance p = {0};
-    snprintf(p.build_commit, sizeof p.build_commit, "0123456789abcdef0123");
-    snprintf(p.repo_state, sizeof p.repo_state, "none");
-    assert_int_equal(store_run_started(st, run, getpid(), "cpu", "cpu", &p, &e), 0);
     for (int ep = 1; ep <= 3; ep++) {
         EpochStats es = {ep, 3, ep * 10, 0.1, 1.0, 0.5, 0.9, 0.25 + ep, 2.0, 100.0};
         assert_int_equal(store_run_epoch(st, run, &es, &e), 0);
@@ -341,10 +357,71 @@ static void test_epochs_results_and_reruns(void **s)
     store_close(st);
 }
 
+/*
+ * What a run computed on: stored once its backend says, the same again
+ * changes nothing, other hardware in a later attempt is added after the
+ * first ("A // then on B"), never losing it; and a store of schema 1 (no
+ * such column) gains it when opened, its runs keeping everything else.
+ */
+static void test_hardware(void **s)
+{
+    (void)s;
+    Store *st = open_db("hw.db");
+    Sweep sw;
+    int64_t id;
+    Provenance p;
+    int64_t run = start_one(st, &sw, "h", "cuda", "cuda:0", &id, &p);
+    Err e = {{0}};
+    RunRec r;
+    assert_int_equal(store_get_run(st, run, &r, &e), 0);
+    assert_null(r.hardware);
+    run_rec_free(&r);
+    const char *A = "NVIDIA H100 80GB HBM3 (sm_90), 132 SMs, 79 GiB, with cuDNN 9.14.0";
+    const char *B = "NVIDIA H200 (sm_90), 132 SMs, 140 GiB, with cuDNN 9.14.0";
+    const struct {
+        const char *set, *want;
+    } steps[] = {
+        {A, A},
+        {A, A},
+        {B, "NVIDIA H100 80GB HBM3 (sm_90), 132 SMs, 79 GiB, with cuDNN 9.14.0 // then on "
+            "NVIDIA H200 (sm_90), 132 SMs, 140 GiB, with cuDNN 9.14.0"},
+        {B, "NVIDIA H100 80GB HBM3 (sm_90), 132 SMs, 79 GiB, with cuDNN 9.14.0 // then on "
+            "NVIDIA H200 (sm_90), 132 SMs, 140 GiB, with cuDNN 9.14.0"},
+        {A, "NVIDIA H100 80GB HBM3 (sm_90), 132 SMs, 79 GiB, with cuDNN 9.14.0 // then on "
+            "NVIDIA H200 (sm_90), 132 SMs, 140 GiB, with cuDNN 9.14.0 // then on "
+            "NVIDIA H100 80GB HBM3 (sm_90), 132 SMs, 79 GiB, with cuDNN 9.14.0"},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        assert_int_equal(store_run_hardware(st, run, steps[i].set, &e), 0);
+        assert_int_equal(store_get_run(st, run, &r, &e), 0);
+        if (!r.hardware || strcmp(r.hardware, steps[i].want) != 0)
+            fail_msg("step %zu: hardware \"%s\", want \"%s\"", i,
+                     r.hardware ? r.hardware : "(null)", steps[i].want);
+        run_rec_free(&r);
+    }
+    store_close(st);
+
+    /* a schema-1 store: the column is not there until the store is opened */
+    exec_sql("hw.db", "ALTER TABLE runs DROP COLUMN hardware; PRAGMA user_version = 1");
+    st = open_db("hw.db");
+    assert_int_equal(store_get_run(st, run, &r, &e), 0);
+    assert_null(r.hardware);
+    assert_string_equal(r.code, "0123456789ab");
+    assert_string_equal(r.device, "cuda:0");
+    run_rec_free(&r);
+    assert_int_equal(store_run_hardware(st, run, B, &e), 0);
+    assert_int_equal(store_get_run(st, run, &r, &e), 0);
+    assert_string_equal(r.hardware, B);
+    run_rec_free(&r);
+    sweep_free(&sw);
+    store_close(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schema_versions),
+        cmocka_unit_test(test_hardware),
         cmocka_unit_test(test_planning_is_idempotent),
         cmocka_unit_test(test_claims_never_twice),
         cmocka_unit_test(test_open_together),

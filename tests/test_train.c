@@ -112,6 +112,19 @@ static void test_same_seed_same_run(void **s)
     free(root);
 }
 
+/* what on_start was told, and how often */
+typedef struct {
+    char hw[600];
+    int calls;
+} StartSeen;
+
+static void seen_start(void *ctx, const char *hardware)
+{
+    StartSeen *s = ctx;
+    snprintf(s->hw, sizeof s->hw, "%s", hardware);
+    s->calls++;
+}
+
 static void test_log(void **s)
 {
     (void)s;
@@ -119,7 +132,18 @@ static void test_log(void **s)
     TrainConfig c;
     base_config(&c, "cpu", root);
     c.epochs = 2;
-    tu_train(&c, TRAIN_DONE);
+    StartSeen seen = {"", 0};
+    TrainHooks h = {.ctx = &seen, .on_start = seen_start};
+    Err e = {{0}};
+    if (train_run_hooked(&c, NULL, &h, &e) != TRAIN_DONE)
+        fail_msg("%s", e.msg);
+    /* what the run computed on, once: this machine's processor and the
+     * backend's library */
+    char cpu[300];
+    host_cpu(cpu, sizeof cpu);
+    assert_int_equal(seen.calls, 1);
+    if (strncmp(seen.hw, cpu, strlen(cpu)) != 0 || !strstr(seen.hw, "with oneDNN "))
+        fail_msg("on_start: \"%s\" does not name the processor (%s) and oneDNN", seen.hw, cpu);
     char path[4200];
     snprintf(path, sizeof path, "%s/log.jsonl", root);
     char *text = tu_read_file(path, NULL);
@@ -141,7 +165,10 @@ static void test_log(void **s)
             if (epochs == 2) /* the last iteration's learning rate is 0 */
                 assert_true(json_real_value(json_object_get(o, "lr")) == 0.0);
         }
-        starts += strcmp(ev, "start") == 0;
+        if (strcmp(ev, "start") == 0) {
+            starts++;
+            assert_string_equal(json_string_value(json_object_get(o, "hardware")), seen.hw);
+        }
         if (strcmp(ev, "end") == 0) {
             ends++;
             /* two checkpoints written (one in the background): their time,
@@ -213,7 +240,7 @@ static int child_run(const char *dir, const char *out)
     data_dir = (char *)dir;
     TrainConfig c;
     base_config(&c, "cpu", out);
-    TrainHooks h = {die_at_epoch_3, NULL};
+    TrainHooks h = {.on_epoch = die_at_epoch_3};
     Err e = {{0}};
     train_run_hooked(&c, NULL, &h, &e);
     fprintf(stderr, "child run did not die at epoch 3: %s\n", e.msg);

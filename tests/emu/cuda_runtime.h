@@ -370,7 +370,21 @@ inline cudaError_t cudaGetDeviceCount(int *n)
 struct cudaDeviceProp {
     char name[256];
     int major, minor;
+    int multiProcessorCount;
+    size_t totalGlobalMem;
 };
+
+inline cudaError_t cudaDriverGetVersion(int *v)
+{
+    *v = 13000;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaRuntimeGetVersion(int *v)
+{
+    *v = 13000;
+    return cudaSuccess;
+}
 
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
 {
@@ -380,6 +394,8 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
     strcpy(p->name, "CPU emulation");
     p->major = 9;
     p->minor = 0;
+    p->multiProcessorCount = 1;
+    p->totalGlobalMem = EMU_DEVICE_BYTES;
     return cudaSuccess;
 }
 
