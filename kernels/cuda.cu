@@ -1352,6 +1352,27 @@ static int not_supported(cudnnStatus_t st)
     return st >= CUDNN_STATUS_NOT_SUPPORTED && st < CUDNN_STATUS_NOT_SUPPORTED + 1000;
 }
 
+/* The workspace an algorithm needs for each direction of cv (its
+ * descriptors and math type as set), through handle h. */
+static cudnnStatus_t fwd_ws(cudnnHandle_t h, const Conv *cv, cudnnConvolutionFwdAlgo_t a,
+                            size_t *ws)
+{
+    return cudnnGetConvolutionForwardWorkspaceSize(h, cv->x, cv->w, cv->conv, cv->y, a, ws);
+}
+
+static cudnnStatus_t data_ws(cudnnHandle_t h, const Conv *cv, cudnnConvolutionBwdDataAlgo_t a,
+                             size_t *ws)
+{
+    return cudnnGetConvolutionBackwardDataWorkspaceSize(h, cv->w, cv->y, cv->conv, cv->x, a, ws);
+}
+
+static cudnnStatus_t filter_ws(cudnnHandle_t h, const Conv *cv,
+                               cudnnConvolutionBwdFilterAlgo_t a, size_t *ws)
+{
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, cv->x, cv->y, cv->conv, cv->w, a,
+                                                          ws);
+}
+
 /*
  * The candidates from cuDNN's heuristics, best first: supported for this
  * shape, allowed for the precision (fp32: FMA math, GEMM-like algorithms
@@ -1372,7 +1393,7 @@ static int not_supported(cudnnStatus_t st)
                 if ((perf)[q_].status != CUDNN_STATUS_SUCCESS || det_ != (pass_ % 2 == 0) || \
                     !okfn(be, (perf)[q_].algo, (perf)[q_].mathType, pass_ < 2) ||         \
                     cudnnSetConvolutionMathType(cv->conv, mt_) != CUDNN_STATUS_SUCCESS || \
-                    wsfn((perf)[q_].algo, &ws_) != CUDNN_STATUS_SUCCESS)                  \
+                    wsfn(h, cv, (perf)[q_].algo, &ws_) != CUDNN_STATUS_SUCCESS)           \
                     continue;                                                             \
                 if ((perf)[q_].memory > ws_)                                              \
                     ws_ = (perf)[q_].memory;                                              \
@@ -1537,9 +1558,6 @@ static int conv_query(Backend *be, Conv *cv, int n, size_t *need_main, size_t *n
         CKDNN(cudnnGetConvolutionForwardAlgorithm_v7(h, cv->x, cv->w, cv->conv, cv->y,
                                                      CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
                                                      pf));
-    auto fwd_ws = [&](cudnnConvolutionFwdAlgo_t a, size_t *ws) {
-        return cudnnGetConvolutionForwardWorkspaceSize(h, cv->x, cv->w, cv->conv, cv->y, a, ws);
-    };
     FILL_ALGOS(cv->fwd, pf, got, fwd_ok, fwd_ws);
     WIDEST_MATH();
     cudnnConvolutionBwdDataAlgoPerf_t pd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
@@ -1552,10 +1570,6 @@ static int conv_query(Backend *be, Conv *cv, int n, size_t *need_main, size_t *n
         CKDNN(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cv->w, cv->y, cv->conv, cv->x,
                                                           CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
                                                           &got, pd));
-    auto data_ws = [&](cudnnConvolutionBwdDataAlgo_t a, size_t *ws) {
-        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, cv->w, cv->y, cv->conv, cv->x, a,
-                                                            ws);
-    };
     FILL_ALGOS(cv->bwd_data, pd, got, bwd_data_ok, data_ws);
     *need_main = need;          /* the filter gradient's may go to another lane */
     need = 0;
@@ -1570,10 +1584,6 @@ static int conv_query(Backend *be, Conv *cv, int n, size_t *need_main, size_t *n
         CKDNN(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
             h, cv->x, cv->y, cv->conv, cv->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got,
             pw));
-    auto filter_ws = [&](cudnnConvolutionBwdFilterAlgo_t a, size_t *ws) {
-        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, cv->x, cv->y, cv->conv, cv->w, a,
-                                                              ws);
-    };
     FILL_ALGOS(cv->bwd_filter, pw, got, bwd_filter_ok, filter_ws);
 #undef WIDEST_MATH
     *need_filter = need;
@@ -1596,9 +1606,11 @@ static AlgoKey rec_key(const Backend *be, const Conv *cv, int n, char *conv, siz
  * the precision allows and whose workspace fits WS_CAP, in the record's
  * order. 0 if none does (the record is then not used for cv).
  */
-template <typename A, typename Ok, typename Ws>
+template <typename A>
 static int rec_list(Backend *be, Conv *cv, AlgoList *list, const AlgoLists *rl, int dir,
-                    int nalgos, Ok ok, Ws wsfn, size_t *need)
+                    int nalgos, int (*ok)(const Backend *, A, cudnnMathType_t, int),
+                    cudnnStatus_t (*wsfn)(cudnnHandle_t, const Conv *, A, size_t *),
+                    size_t *need)
 {
     list->count = list->cur = 0;
     for (int i = 0; i < rl->count[dir] && list->count < MAX_ALGOS; i++) {
@@ -1609,7 +1621,7 @@ static int rec_list(Backend *be, Conv *cv, AlgoList *list, const AlgoLists *rl, 
             (mt != CUDNN_DEFAULT_MATH && mt != CUDNN_TENSOR_OP_MATH && mt != CUDNN_FMA_MATH &&
              mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) ||
             cudnnSetConvolutionMathType(cv->conv, mt) != CUDNN_STATUS_SUCCESS ||
-            wsfn((A)a, &ws) != CUDNN_STATUS_SUCCESS || ws > WS_CAP)
+            wsfn(be->lane[cv->lane].dnn, cv, (A)a, &ws) != CUDNN_STATUS_SUCCESS || ws > WS_CAP)
             continue;
         list->algo[list->count] = a;
         list->math[list->count] = mt;
@@ -1624,18 +1636,6 @@ static int rec_list(Backend *be, Conv *cv, AlgoList *list, const AlgoLists *rl, 
 static int rec_lists(Backend *be, Conv *cv, const AlgoLists *rl, size_t *need_main,
                      size_t *need_filter)
 {
-    cudnnHandle_t h = be->lane[cv->lane].dnn;
-    auto fwd_ws = [&](cudnnConvolutionFwdAlgo_t a, size_t *ws) {
-        return cudnnGetConvolutionForwardWorkspaceSize(h, cv->x, cv->w, cv->conv, cv->y, a, ws);
-    };
-    auto data_ws = [&](cudnnConvolutionBwdDataAlgo_t a, size_t *ws) {
-        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, cv->w, cv->y, cv->conv, cv->x, a,
-                                                            ws);
-    };
-    auto filter_ws = [&](cudnnConvolutionBwdFilterAlgo_t a, size_t *ws) {
-        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, cv->x, cv->y, cv->conv, cv->w, a,
-                                                              ws);
-    };
     *need_main = *need_filter = 0;
     return rec_list<cudnnConvolutionFwdAlgo_t>(be, cv, &cv->fwd, rl, 0,
                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, fwd_ok, fwd_ws,
