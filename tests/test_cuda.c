@@ -767,6 +767,26 @@ static void rec_run(const Model *m, const char *path, int algos[REC_CONVS][3])
     free(state);
 }
 
+/* After cuDNN was asked again: in the emulation, where Find repeats
+ * itself, what it picks without a record (base); on a GPU, where its
+ * timings may order the candidates otherwise, algorithms that exist for
+ * the convolutions that have them in the first run. */
+static void rec_asked_again(const int first[REC_CONVS][3], const int base[REC_CONVS][3],
+                            const int other[REC_CONVS][3])
+{
+#ifdef SHAKE_CUDA_EMU
+    (void)first;
+    assert_memory_equal(base, other, sizeof(int) * REC_CONVS * 3);
+#else
+    (void)base;
+    for (int i = 0; i < REC_CONVS; i++)
+        for (int d = 0; d < 3; d++)
+            if ((first[i][d] >= 0) != (other[i][d] >= 0) || other[i][d] == 99)
+                fail_msg("conv %d, direction %d: algorithm %d, the first run had %d", i, d,
+                         other[i][d], first[i][d]);
+#endif
+}
+
 static json_t *rec_load(const char *path)
 {
     json_error_t je;
@@ -801,9 +821,14 @@ static void test_algo_record(void **ctx)
     char *root = tu_tempdir("algo-record");
     char path[600];
     snprintf(path, sizeof path, "%s/rec.json", root);
-    static int first[REC_CONVS][3], again[REC_CONVS][3], other[REC_CONVS][3];
+    static int first[REC_CONVS][3], again[REC_CONVS][3], other[REC_CONVS][3],
+        base[REC_CONVS][3];
 
     setenv("SHAKE_CUDA_FIND", "1", 1);
+    /* in the emulation, Find's order changes from one call to the next:
+     * convolutions of one shape may not each keep their own pick (the
+     * record has one entry a shape and batch size) */
+    setenv("SHAKE_EMU_FIND_FLIP", "2", 1);
     rec_run(&m, path, first);
     json_t *rec = rec_load(path);
     size_t i;
@@ -839,6 +864,7 @@ static void test_algo_record(void **ctx)
 
     /* entries naming no algorithm: asked again, and replaced */
     unsetenv("SHAKE_EMU_FIND_FLIP");
+    rec_run(&m, NULL, base);
     rec = rec_load(path);
     json_array_foreach(json_object_get(rec, "entries"), i, en)
         json_object_set_new(en, "forward", json_pack("[[ii]]", 99, 0));
@@ -846,7 +872,7 @@ static void test_algo_record(void **ctx)
         fail_msg("cannot write %s", path);
     json_decref(rec);
     rec_run(&m, path, other);
-    assert_memory_equal(first, other, sizeof first);
+    rec_asked_again(first, base, other);
     rec = rec_load(path);
     json_array_foreach(json_object_get(rec, "entries"), i, en)
     {
@@ -859,7 +885,7 @@ static void test_algo_record(void **ctx)
     /* not JSON: replaced */
     tu_write_file(path, "{\"format\": ", 11);
     rec_run(&m, path, other);
-    assert_memory_equal(first, other, sizeof first);
+    rec_asked_again(first, base, other);
     rec = rec_load(path);
     assert_true(json_array_size(json_object_get(rec, "entries")) > 0);
     json_decref(rec);

@@ -457,8 +457,10 @@ inline cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void 
  * SHAKE_EMU_FIND_FLIP=1 stands for a Find whose timings came out otherwise
  * (as they may from one process to the next): the forward's first
  * candidate is then IMPLICIT_PRECOMP_GEMM (which runs as well), not
- * IMPLICIT_GEMM.
+ * IMPLICIT_GEMM. =2 flips every other forward Find of the process (as
+ * timings may from one call to the next).
  */
+inline unsigned long emu_find_calls;
 /* The end of each Find: st, the status of running one candidate and then
  * listing them; the list reordered as above; returns once it has run, as
  * cuDNN's Find does. */
@@ -490,7 +492,9 @@ inline cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(
         st = cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, requested, returned, perf);
     st = emu_found(h, st, perf, returned);
     const char *flip = getenv("SHAKE_EMU_FIND_FLIP");
-    if (st == CUDNN_STATUS_SUCCESS && *returned >= 1 && flip && strcmp(flip, "1") == 0)
+    const int odd = emu_find_calls++ % 2 == 1;
+    if (st == CUDNN_STATUS_SUCCESS && *returned >= 1 && flip &&
+        (strcmp(flip, "1") == 0 || (strcmp(flip, "2") == 0 && odd)))
         perf[0].algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
     return st;
 }
