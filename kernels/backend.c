@@ -60,6 +60,11 @@ int backend_cuda_conv_algos(const Backend *b, int i, int algo[3])
     return -1;
 }
 
+int backend_cuda_search_buffers(const Backend *b)
+{
+    return 0;
+}
+
 int backend_cuda_data_batch(float *x, int *labels, const Dataset *d, const int *idx, int count,
                             uint64_t seed, int epoch, int augment, int device, Err *e)
 {

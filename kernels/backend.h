@@ -134,6 +134,9 @@ int backend_cuda_shake_draw(float *alpha, float *beta, int nblocks, int n, uint6
 /* How many training steps a cuda backend has run as a replayed CUDA graph
  * (tests: graphs are in use). Only for a backend made by backend_cuda. */
 long backend_cuda_graph_launches(const Backend *b);
+/* How many of the algorithm search's scratch buffers a cuda backend holds
+ * (SHAKE_CUDA_FIND; 0 once the search is over). Tests only. */
+int backend_cuda_search_buffers(const Backend *b);
 /* The algorithms (cuDNN's numbers) that conv i of a cuda backend uses at
  * its current batch size: forward, backward data, backward filter into
  * algo; 1, or 0 where conv i has none (never runs, or not prepared yet), -1

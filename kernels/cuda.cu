@@ -1172,7 +1172,8 @@ struct Backend {
     int verbose;                /* SHAKE_CUDA_VERBOSE=1: algorithm choices on stderr */
     int bn_max_chunks;          /* batch-norm partial sums per channel, at most */
     /* SHAKE_CUDA_FIND=1: cuDNN times the candidates (its Find), on scratch
-     * input, output and weights and a workspace of WS_CAP, made at first use */
+     * input, output and weights and a workspace of WS_CAP, made when a
+     * search needs them and given back after it (find_scratch_free) */
     int find;
     void *find_x, *find_y, *find_w, *find_ws;
     /* BackendOptions.algo_record: the algorithms picked, kept in a file so
@@ -1500,6 +1501,19 @@ static int find_scratch(Backend *be, Err *e)
     return 0;
 }
 
+/* The search's scratch back once the candidates are chosen: 512 MB of
+ * workspace and two activations' worth that training never reads. A batch
+ * size seen later makes it again. */
+static void find_scratch_free(Backend *be)
+{
+    void **bufs[] = {&be->find_x, &be->find_y, &be->find_w, &be->find_ws};
+    for (void **b : bufs) {
+        if (*b)
+            cudaFree(*b);
+        *b = NULL;
+    }
+}
+
 /* SHAKE_CUDA_VERBOSE with SHAKE_CUDA_FIND: every candidate cuDNN timed for
  * one direction of cv at batch n, in its order (fastest first) */
 template <typename Perf>
@@ -1674,6 +1688,14 @@ static void rec_flush(Backend *be)
     fprintf(stderr, "cuda backend: warning: %s; a run resumed from this one may pick other "
                     "algorithms\n",
             e.msg);
+}
+
+/* After convolutions were prepared for a batch size (not while a stream
+ * captures): the record written, the search's scratch given back. */
+static void prepared(Backend *be)
+{
+    rec_flush(be);
+    find_scratch_free(be);
 }
 
 /* Descriptors and algorithm candidates for batch n (kept until n changes). */
@@ -2377,7 +2399,7 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     for (int i = 0; i < be->nconvs; i++)
         if (!be->convs[i]->idle)
             TRY(conv_prepare(be, be->convs[i], N, e));
-    rec_flush(be);
+    prepared(be);
     CK(cudaStreamSynchronize(be->stream));
     return 0;
 }
@@ -2678,7 +2700,7 @@ static int cuda_forward(Backend *be, float *logits, const float *x, const float 
     }
     CK(cudaMemcpyAsync(logits, be->logits, (size_t)n * s->classes * sizeof(float),
                        cudaMemcpyDeviceToHost, be->stream));
-    rec_flush(be);              /* a batch size not seen before */
+    prepared(be);               /* a batch size not seen before */
     CK(cudaStreamSynchronize(be->stream));
     if (train)
         be->train_n = n;
@@ -3067,7 +3089,7 @@ static int capture(Backend *be, cudaGraphExec_t *exec, int n, Enqueue enqueue, c
     for (int i = 0; i < be->nconvs; i++)
         if (!be->convs[i]->idle)
             TRY(conv_prepare(be, be->convs[i], n, e));
-    rec_flush(be);
+    prepared(be);
     CK(cudaStreamSynchronize(be->stream));
     CK(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal));
     Err ce = {{0}};
@@ -3166,7 +3188,7 @@ static int cuda_train_step(Backend *be, const TrainStep *ts, Err *e)
         be->warm++;
     }
     TRY(step_enqueue(be, ts, e));
-    rec_flush(be);              /* a batch size not seen before */
+    prepared(be);               /* a batch size not seen before */
     return 0;
 }
 
@@ -3282,6 +3304,12 @@ int backend_cuda_data_batch(float *x, int *labels, const Dataset *ds, const int 
 long backend_cuda_graph_launches(const Backend *be)
 {
     return be->graph_launches;
+}
+
+int backend_cuda_search_buffers(const Backend *be)
+{
+    return (be->find_x != NULL) + (be->find_y != NULL) + (be->find_w != NULL) +
+           (be->find_ws != NULL);
 }
 
 int backend_cuda_conv_algos(const Backend *be, int i, int algo[3])

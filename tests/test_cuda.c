@@ -738,6 +738,8 @@ static void rec_run(const Model *m, const char *path, int algos[REC_CONVS][3])
         fail_msg("%s", e.msg);
     rec_steps(be, m, 4);
     rec_steps(be, m, 3);
+    /* a search's scratch (512 MB of workspace on a GPU) is not kept */
+    assert_int_equal(backend_cuda_search_buffers(be), 0);
     /* written as soon as a new batch size ran, not only at the end (a
      * run may be killed) */
     if (path) {
