@@ -910,7 +910,8 @@ static json_t *json_run(const ReportRun *r)
     json_t *j = json_pack("{s:I, s:i, s:I, s:s, s:o, s:o}", "id", (json_int_t)r->id, "repeat",
                           r->repeat, "seed", (json_int_t)r->seed, "state", run_state_name(r->state),
                           "test_err", jnum(r->has_result, r->test_err), "code", jstr(r->code));
-    if (j && r->state == RUN_FAILED && json_object_set_new(j, "failure", jstr(r->failure))) {
+    if (j && ((r->state == RUN_FAILED && json_object_set_new(j, "failure", jstr(r->failure))) ||
+              (r->hardware && json_object_set_new(j, "hardware", jstr(r->hardware))))) {
         json_decref(j);
         return NULL;
     }

@@ -643,6 +643,12 @@ static void test_hardware_note(void **state)
     json_array_foreach(json_object_get(root, "notes"), i, n) found |=
         strcmp(json_string_value(n), want) == 0;
     assert_true(found);
+    /* and each run's own, where it said */
+    json_t *runs = json_object_get(json_cell_at(root, "Shake-Shake Image", "26 2x32d"), "runs");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 0), "hardware")),
+                        h200);
+    runs = json_object_get(json_cell_at(root, "Shake-Shake Image", "26 2x64d"), "runs");
+    assert_null(json_object_get(json_array_get(runs, 2), "hardware"));
     json_decref(root);
 
     for (int k = 0; k < 3; k++)
