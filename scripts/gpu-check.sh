@@ -248,20 +248,26 @@ note streams-bitwise "$(verdict $rc)" "$secs" \
 # 20 steps of 26 2x32d bf16 with SHAKE_CUDA_FIND=1 straight, against 10
 # steps and a resume in a new process to 20; the resumed run must take every
 # algorithm from the first part's record (cuda-algorithms.json; its Find
-# could order the candidates otherwise) and end bit for bit where the
-# straight run did
+# could order the candidates otherwise), search nothing again, and end bit
+# for bit where the straight run did. The first part starts from the
+# straight run's record: two processes that each searched could have picked
+# differently before any resume.
 # shellcheck disable=SC2016  # expanded by the inner shell
 run_step find-resume "$out/tests.log" 120 bash -c '
     set -e
     a="dataset=synthetic backend=cuda precision=bf16 depth=26 width=32 batch=128 epochs=1"
     SHAKE_CUDA_FIND=1 "$0" train $a steps=20 out="$1/find-straight" >"$1/find-straight.out" 2>&1 ||
         { cat "$1/find-straight.out"; exit 1; }
+    mkdir -p "$1/find-part"
+    cp "$1/find-straight/cuda-algorithms.json" "$1/find-part/"
     SHAKE_CUDA_FIND=1 "$0" train $a steps=10 out="$1/find-part" >"$1/find-part.out" 2>&1 ||
         { cat "$1/find-part.out"; exit 1; }
     SHAKE_CUDA_FIND=1 SHAKE_CUDA_VERBOSE=1 "$0" train resume="$1/find-part/checkpoint.safetensors" \
         steps=20 out="$1/find-part" >"$1/find-resumed.out" 2>&1 || { cat "$1/find-resumed.out"; exit 1; }
+    again=$(grep -c "candidates, find)" "$1/find-resumed.out" || true)
     echo "resumed: $(grep -c "candidates, record)" "$1/find-resumed.out") convolutions from the record," \
-        "$(grep -c "candidates, find)" "$1/find-resumed.out") found again"
+        "$again searched again"
+    [ "$again" = 0 ] || { echo "the resumed run searched $again convolutions again"; exit 1; }
     "$2" scripts/ckpt_same.py "$1"/find-{straight,part}/checkpoint.safetensors' \
     "$bin/sweep" "$tmp" "$py"
 [ "$rc" = 0 ] || status=1
