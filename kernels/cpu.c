@@ -1192,8 +1192,9 @@ static void cpu_describe(const Backend *be, char *buf, size_t len)
     char cpu[300];
     host_cpu(cpu, sizeof cpu);
     const dnnl_version_t *v = dnnl_version();
-    snprintf(buf, len, "%s, with oneDNN %d.%d.%d, %d threads", cpu, v->major, v->minor, v->patch,
-             omp_get_max_threads());
+    const int t = omp_get_max_threads();
+    snprintf(buf, len, "%s, with oneDNN %d.%d.%d, %d thread%s", cpu, v->major, v->minor,
+             v->patch, t, t == 1 ? "" : "s");
 }
 
 const BackendOps backend_cpu = {

@@ -512,8 +512,8 @@ static void ref_describe(const Backend *be, char *buf, size_t len)
 {
     char cpu[300];
     host_cpu(cpu, sizeof cpu);
-    snprintf(buf, len, "%s, with plain C, %d threads", cpu,
-             be->threads > 0 ? be->threads : omp_get_max_threads());
+    const int t = be->threads > 0 ? be->threads : omp_get_max_threads();
+    snprintf(buf, len, "%s, with plain C, %d thread%s", cpu, t, t == 1 ? "" : "s");
 }
 
 const BackendOps backend_ref = {
