@@ -224,6 +224,14 @@ int algo_record_put(AlgoRecord *r, const AlgoKey *k, const AlgoLists *l, Err *e)
                : err_set(e, "algorithm record %s: out of memory", r->path);
 }
 
+/* the record's text and a newline */
+static int text_write(FILE *f, void *ctx)
+{
+    const char *text = ctx;
+    const size_t len = strlen(text);
+    return fwrite(text, 1, len, f) == len && fputc('\n', f) != EOF ? 0 : -1;
+}
+
 int algo_record_save(AlgoRecord *r, Err *e)
 {
     if (!r->dirty)
@@ -234,44 +242,9 @@ int algo_record_save(AlgoRecord *r, Err *e)
     json_decref(root);
     if (!text)
         return err_set(e, "algorithm record %s: out of memory", r->path);
-    char tmp[4200];
-    int rc = -1;
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", r->path, (long)getpid()) >= (int)sizeof tmp) {
-        err_set(e, "algorithm record %s: path too long", r->path);
-        goto done;
-    }
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        err_set(e, "algorithm record %s: cannot create %s: %s", r->path, tmp, strerror(errno));
-        goto done;
-    }
-    size_t len = strlen(text);
-    int wrote = fwrite(text, 1, len, f) == len && fputc('\n', f) != EOF && fflush(f) == 0 &&
-                fsync(fileno(f)) == 0;
-    int saved = errno;
-    if (fclose(f) != 0 && wrote) {
-        wrote = 0;
-        saved = errno;
-    }
-    if (!wrote) {
-        err_set(e, "algorithm record %s: writing %s: %s", r->path, tmp, strerror(saved));
-        unlink(tmp);
-        goto done;
-    }
-    if (rename(tmp, r->path) != 0) {
-        err_set(e, "algorithm record %s: renaming %s over it: %s", r->path, tmp,
-                strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    if (fsync_parent(r->path) != 0) {
-        err_set(e, "algorithm record %s: written, but syncing its folder failed: %s", r->path,
-                strerror(errno));
-        goto done;
-    }
-    r->dirty = 0;
-    rc = 0;
-done:
+    const int rc = file_replace(r->path, "algorithm record", text_write, text, e);
     free(text);
+    if (rc == 0)
+        r->dirty = 0;
     return rc;
 }

@@ -125,27 +125,37 @@ static int write_all(FILE *f, const void *p, size_t n)
     return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -1;
 }
 
-static int write_body(FILE *f, const char *json, const Model *m, const float *params,
-                      const float *state, const float *momentum)
+/* What a checkpoint file holds: the header's JSON, the model's tensors and
+ * (if not NULL) the momentum of its parameters. */
+typedef struct {
+    const char *json;
+    const Model *m;
+    const float *params, *state, *momentum;
+} Body;
+
+/* The whole file (header length, header, tensors): file_replace's body. */
+static int write_body(FILE *f, void *ctx)
 {
-    size_t n = strlen(json);
+    const Body *b = ctx;
+    const Model *m = b->m;
+    size_t n = strlen(b->json);
     size_t padded = (8 + n + 7) / 8 * 8 - 8;
     unsigned char size[8];
     le64_put(size, padded);
-    if (write_all(f, size, 8) || write_all(f, json, n))
+    if (write_all(f, size, 8) || write_all(f, b->json, n))
         return -1;
     for (size_t i = n; i < padded; i++)
         if (fputc(' ', f) == EOF)
             return -1;
     for (int i = 0; i < m->ntensors; i++) {
         const TensorInfo *t = &m->tensors[i];
-        if (write_all(f, tensor_src(t, params, state), t->count * sizeof(float)))
+        if (write_all(f, tensor_src(t, b->params, b->state), t->count * sizeof(float)))
             return -1;
     }
-    for (int i = 0; momentum && i < m->ntensors; i++) {
+    for (int i = 0; b->momentum && i < m->ntensors; i++) {
         const TensorInfo *t = &m->tensors[i];
         if (t->arena == T_PARAM &&
-            write_all(f, momentum + t->offset, t->count * sizeof(float)))
+            write_all(f, b->momentum + t->offset, t->count * sizeof(float)))
             return -1;
     }
     return 0;
@@ -155,44 +165,12 @@ int checkpoint_save(const char *path, const Model *m, const float *params,
                     const float *state, const float *momentum,
                     const CheckpointMeta *meta, Err *e)
 {
-    char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return err_set(e, "saving checkpoint %s: path too long", path);
     char *json = header_build(m, momentum != NULL, meta);
     if (!json)
         return err_set(e, "saving checkpoint %s: cannot build the header (out of memory, "
                        "or the config is not valid UTF-8)", path);
-
-    int rc = -1;
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        err_set(e, "saving checkpoint %s: cannot create %s: %s", path, tmp, strerror(errno));
-        goto done;
-    }
-    if (write_body(f, json, m, params, state, momentum) != 0 || fflush(f) != 0 ||
-        fsync(fileno(f)) != 0) {
-        err_set(e, "saving checkpoint %s: writing %s: %s", path, tmp, strerror(errno));
-        fclose(f);
-        unlink(tmp);
-        goto done;
-    }
-    if (fclose(f) != 0) {
-        err_set(e, "saving checkpoint %s: closing %s: %s", path, tmp, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        err_set(e, "saving checkpoint %s: renaming %s over it: %s", path, tmp, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    if (fsync_parent(path) != 0) {
-        err_set(e, "saving checkpoint %s: written, but syncing its folder failed: %s",
-                path, strerror(errno));
-        goto done;
-    }
-    rc = 0;
-done:
+    Body b = {json, m, params, state, momentum};
+    int rc = file_replace(path, "saving checkpoint", write_body, &b, e);
     free(json);
     return rc;
 }

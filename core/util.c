@@ -132,6 +132,37 @@ int fsync_parent(const char *path)
     return rc;
 }
 
+int file_replace(const char *path, const char *what, int (*body)(FILE *f, void *ctx), void *ctx,
+                 Err *e)
+{
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return err_set(e, "%s %s: path too long", what, path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return err_set(e, "%s %s: cannot create %s: %s", what, path, tmp, strerror(errno));
+    if (body(f, ctx) != 0 || fflush(f) != 0 || fsync(fileno(f)) != 0) {
+        err_set(e, "%s %s: writing %s: %s", what, path, tmp, strerror(errno));
+        fclose(f);
+        unlink(tmp);
+        return -1;
+    }
+    if (fclose(f) != 0) {
+        err_set(e, "%s %s: closing %s: %s", what, path, tmp, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    if (rename(tmp, path) != 0) {
+        err_set(e, "%s %s: renaming %s over it: %s", what, path, tmp, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    if (fsync_parent(path) != 0)
+        return err_set(e, "%s %s: written, but syncing its folder failed: %s", what, path,
+                       strerror(errno));
+    return 0;
+}
+
 void host_cpu(char *buf, size_t len)
 {
     char model[256] = "";

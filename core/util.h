@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct {
     char msg[1024];
@@ -30,6 +31,16 @@ const char *path_parent(const char *path, char *dir, size_t len);
 /* fsync of the folder that holds path: after a rename over path, so that
  * the new directory entry survives a crash. 0, or -1 with errno. */
 int fsync_parent(const char *path);
+/*
+ * Replaces the file at path whole, so that a crash leaves the old file or
+ * the new one, never part of either: body (0, or -1 with errno set) writes
+ * the new content to path.tmp.PID, which is flushed, fsynced, renamed over
+ * path, and the folder fsynced. Errors start with "WHAT PATH: " and name
+ * the step; the temporary file goes (checkpoint_remove_stale finds those a
+ * killed process left by that name).
+ */
+int file_replace(const char *path, const char *what, int (*body)(FILE *f, void *ctx), void *ctx,
+                 Err *e);
 
 /* This machine's processor, as /proc/cpuinfo names it, and its online
  * cores: "Intel(R) Xeon(R) CPU @ 2.50GHz, 2 cores". */
