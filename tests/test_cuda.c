@@ -717,6 +717,17 @@ static void rec_steps(Backend *be, const Model *m, int n)
     free(coef);
 }
 
+static json_t *rec_load(const char *path)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root)
+        fail_msg("%s: %s (line %d)", path, je.text, je.line);
+    if (!json_is_array(json_object_get(root, "entries")))
+        fail_msg("%s: no entries", path);
+    return root;
+}
+
 /* The algorithms in use, conv by conv (-1: none), after steps at batch 4
  * and then 3, by a backend recording into path (NULL: none). */
 static void rec_run(const Model *m, const char *path, int algos[REC_CONVS][3])
@@ -743,10 +754,7 @@ static void rec_run(const Model *m, const char *path, int algos[REC_CONVS][3])
     /* written as soon as a new batch size ran, not only at the end (a
      * run may be killed) */
     if (path) {
-        json_error_t je;
-        json_t *root = json_load_file(path, 0, &je);
-        if (!root)
-            fail_msg("%s after batch 3: %s", path, je.text);
+        json_t *root = rec_load(path);
         size_t k;
         json_t *en;
         int seen = 0;
@@ -787,17 +795,6 @@ static void rec_asked_again(const int first[REC_CONVS][3], const int base[REC_CO
                 fail_msg("conv %d, direction %d: algorithm %d, the first run had %d", i, d,
                          other[i][d], first[i][d]);
 #endif
-}
-
-static json_t *rec_load(const char *path)
-{
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
-    if (!root)
-        fail_msg("%s: %s (line %d)", path, je.text, je.line);
-    if (!json_is_array(json_object_get(root, "entries")))
-        fail_msg("%s: no entries", path);
-    return root;
 }
 
 /*
