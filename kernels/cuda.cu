@@ -2070,12 +2070,13 @@ static void cuda_destroy(Backend *be)
         rec_flush(be);
         algo_record_close(be->rec);
     }
+    find_scratch_free(be);
     void *bufs[] = {be->P,  be->G,       be->M,         be->S,      be->Wc,
                     be->Gc, be->bn_arena, be->lane[0].part, be->lane[0].k1, be->lane[0].ws,
                     be->lane[1].ws, be->lane[2].ws, be->lane[3].ws,
                     be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
                     be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws,
-                    be->segs, be->find_x, be->find_y, be->find_w, be->find_ws};
+                    be->segs};
     if (be->eval_graph)
         cudaGraphExecDestroy(be->eval_graph);
     if (be->graph)
