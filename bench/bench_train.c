@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "bench_args.h"
 #include "model.h"
 #include "philox.h"
 #include "shake.h"
@@ -40,35 +41,6 @@ static const char *const KEYS[] = {
     "backend", "depth", "width", "batch", "steps", "warmup", "threads", "arch", "groups",
     "classes", "size", "channels", "precision", "device", "epoch", "train_images",
     "test_images"};
-
-static const char *arg(int argc, char **argv, const char *key, const char *dflt)
-{
-    size_t k = strlen(key);
-    for (int i = 1; i < argc; i++)
-        if (strncmp(argv[i], key, k) == 0 && argv[i][k] == '=')
-            return argv[i] + k + 1;
-    return dflt;
-}
-
-/* A misspelt key would otherwise measure the default silently. */
-static int check_args(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        const char *eq = strchr(argv[i], '=');
-        size_t k = eq ? (size_t)(eq - argv[i]) : 0;
-        int known = 0;
-        for (size_t j = 0; eq && j < sizeof KEYS / sizeof KEYS[0]; j++)
-            known |= strlen(KEYS[j]) == k && strncmp(argv[i], KEYS[j], k) == 0;
-        if (!known) {
-            fprintf(stderr, "bench_train: unknown argument '%s' (key=value, keys:", argv[i]);
-            for (size_t j = 0; j < sizeof KEYS / sizeof KEYS[0]; j++)
-                fprintf(stderr, " %s", KEYS[j]);
-            fprintf(stderr, ")\n");
-            return -1;
-        }
-    }
-    return 0;
-}
 
 typedef struct {
     const BackendOps *ops;
@@ -100,7 +72,7 @@ static int train_step(Bench *b, int n, int64_t step, double *fwd_s, double *bwd_
 
 int main(int argc, char **argv)
 {
-    if (check_args(argc, argv))
+    if (check_args(argc, argv, "bench_train", KEYS, sizeof KEYS / sizeof KEYS[0]))
         return 2;
     const char *bname = arg(argc, argv, "backend", "cpu");
     int depth = atoi(arg(argc, argv, "depth", "26"));

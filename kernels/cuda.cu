@@ -955,10 +955,23 @@ __global__ void bn_stats_final_kernel(float *mean, float *rstd, float *scale, fl
     }
 }
 
-/* evaluation: scale from the running variance (centered on the running mean) */
-__global__ void bn_eval_kernel(float *scale, const float *gamma, const float *run_var, int c)
+/*
+ * Evaluation: every batch norm's scale from its running variance (centered
+ * on the running mean), in one launch at the start of the forward pass,
+ * block i the i-th batch norm's; they depend on nothing the pass computes,
+ * and one launch a batch norm put some 50 on a 26-layer evaluation's
+ * longest chain of launches (bench/graph_census.c).
+ */
+struct BnEvalSeg {
+    float *scale;
+    unsigned gamma, var, c;     /* params and state offsets, channels */
+};
+
+__global__ void bn_eval_kernel(const BnEvalSeg *segs, const float *P, const float *S)
 {
-    FOR_EACH(ch, (size_t)c) scale[ch] = gamma[ch] / sqrtf(run_var[ch] + BN_EPS);
+    const BnEvalSeg sg = segs[blockIdx.x];
+    for (unsigned ch = threadIdx.x; ch < sg.c; ch += blockDim.x)
+        sg.scale[ch] = P[sg.gamma + ch] / sqrtf(S[sg.var + ch] + BN_EPS);
 }
 
 /*
@@ -1127,6 +1140,8 @@ struct Backend {
      * offsets are only 4-byte aligned) */
     void *Wc, *Gc;
     ConvSeg *segs;              /* (nconvs) where each conv's weights are */
+    BnEvalSeg *bn_evals;        /* (nbns) every batch norm, for bn_eval_kernel */
+    int nbns;
     size_t seg_total;           /* the weights of all convs (segs[].count summed) */
     float *bn_arena;
     float *x_stage;             /* host images, NCHW float */
@@ -1217,6 +1232,19 @@ static int dev_alloc(Backend *be, void **p, size_t bytes, const char *what, Err 
     return 0;
 }
 
+/* h (bytes, made on the host with malloc) into a new device buffer *p;
+ * frees h either way */
+static int dev_upload(Backend *be, void **p, void *h, size_t bytes, const char *what, Err *e)
+{
+    int rc = dev_alloc(be, p, bytes, what, e);
+    cudaError_t st = rc ? cudaSuccess : cudaMemcpy(*p, h, bytes, cudaMemcpyHostToDevice);
+    free(h);
+    if (rc)
+        return -1;
+    CK(st);
+    return 0;
+}
+
 /* Pieces of one allocation, in two passes as in ref.c: count, then place. */
 typedef struct {
     char *base;
@@ -1286,31 +1314,38 @@ static void layout_acts(Backend *be, Carver *cv)
     be->s1 = carve(cv, be->max_act * E);
 }
 
-static void layout_bn(Bn *bn, const BnDesc *d, Carver *cv)
+/* bn's statistics carved out of cv; its entry of tab (where not NULL) */
+static void layout_bn(Bn *bn, const BnDesc *d, Carver *cv, BnEvalSeg *tab, int *n)
 {
     bn->d = d;
     bn->ld = d->c;
     bn->mean = (float *)carve(cv, d->c * sizeof(float));
     bn->rstd = (float *)carve(cv, d->c * sizeof(float));
     bn->scale = (float *)carve(cv, d->c * sizeof(float));
+    if (tab)
+        tab[*n] = BnEvalSeg{bn->scale, (unsigned)d->gamma, (unsigned)d->var, (unsigned)d->c};
+    (*n)++;
 }
 
-static void layout_bns(Backend *be, Carver *cv)
+/* every batch norm's statistics; returns how many batch norms */
+static int layout_bns(Backend *be, Carver *cv, BnEvalSeg *tab)
 {
     const Model *m = be->m;
-    layout_bn(&be->stem_bn, &m->stem_bn, cv);
+    int n = 0;
+    layout_bn(&be->stem_bn, &m->stem_bn, cv, tab, &n);
     for (int b = 0; b < m->nblocks; b++) {
         const BlockDesc *B = &m->blocks[b];
         for (int k = 0; k < 2; k++)
             for (int j = 0; j < B->nconv; j++) {
                 Bn *bn = &be->blk[b].bn[k][j];
-                layout_bn(bn, &B->bn[k][j], cv);
+                layout_bn(bn, &B->bn[k][j], cv, tab, &n);
                 if (j == 0 && be->blk[b].merged)
                     bn->ld = 2 * bn->d->c;
             }
         if (B->proj)
-            layout_bn(&be->blk[b].sc_bn, &B->sc_bn, cv);
+            layout_bn(&be->blk[b].sc_bn, &B->sc_bn, cv, tab, &n);
     }
+    return n;
 }
 
 /* ---- convolutions ---- */
@@ -1960,17 +1995,16 @@ static unsigned bn_pack_shape(const Backend *be, size_t rows, int c, unsigned *t
     return (unsigned)ch;
 }
 
-/* Statistics (training) or running statistics (evaluation) into bn's
- * scale and shift; x (rows, c), rows bn->ld apart. */
+/* Training: the batch statistics of x (rows, c), rows bn->ld apart, into
+ * bn's mean, rstd and scale, and the running statistics updated.
+ * Evaluation: bn uses the running statistics, whose scale forward_enqueue's
+ * bn_eval_kernel computed for every batch norm at once. */
 static int bn_forward(Backend *be, Bn *bn, const void *x, size_t rows, int train, Err *e)
 {
     const BnDesc *d = bn->d;
     const int c = d->c;
     const Lane *ln = &be->lane[bn->lane];
-    if (!train) {
-        KERNEL(bn_eval_kernel, blocks_for(c), THREADS, ln->stream)(bn->scale, be->P + d->gamma,
-                                                                   be->S + d->var, c);
-        CKLAUNCH();
+    if (!train) {               /* forward_enqueue's bn_eval_kernel set the scale */
         bn->train = 0;
         return 0;
     }
@@ -2076,7 +2110,7 @@ static void cuda_destroy(Backend *be)
                     be->lane[1].ws, be->lane[2].ws, be->lane[3].ws,
                     be->x_stage, be->act_arena, be->pooled, be->alpha, be->pixels[0],
                     be->pixels[1], be->idx, be->order, be->vars, be->acc, be->blas_ws,
-                    be->segs};
+                    be->segs, be->bn_evals};
     if (be->eval_graph)
         cudaGraphExecDestroy(be->eval_graph);
     if (be->graph)
@@ -2346,21 +2380,21 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
                            (unsigned)be->seg_total};
             be->seg_total += h[i].count;
         }
-        int rc = dev_alloc(be, (void **)&be->segs, (size_t)be->nweighted * sizeof *h,
-                           "convolution table", e);
-        cudaError_t st = rc ? cudaSuccess
-                            : cudaMemcpy(be->segs, h, (size_t)be->nweighted * sizeof *h,
-                                         cudaMemcpyHostToDevice);
-        free(h);
-        if (rc)
-            return -1;
-        CK(st);
+        TRY(dev_upload(be, (void **)&be->segs, h, (size_t)be->nweighted * sizeof *h,
+                       "convolution table", e));
     }
     Carver cv = {NULL, 0};
-    layout_bns(be, &cv);
+    be->nbns = layout_bns(be, &cv, NULL);
     TRY(dev_alloc(be, (void **)&be->bn_arena, cv.used, "batch-norm statistics", e));
     cv = (Carver){(char *)be->bn_arena, 0};
-    layout_bns(be, &cv);
+    {
+        BnEvalSeg *h = (BnEvalSeg *)malloc((size_t)be->nbns * sizeof *h);
+        if (!h)
+            return err_set(e, "cuda backend: out of host memory");
+        layout_bns(be, &cv, h);
+        TRY(dev_upload(be, (void **)&be->bn_evals, h, (size_t)be->nbns * sizeof *h,
+                       "batch-norm table", e));
+    }
     /* each lane's batch-norm scratch, in one buffer of each kind */
     const size_t part = (size_t)BN_MAX_CHUNKS * 2 * max_c;
     const int scratch_lanes = SCRATCH_LANES(be);
@@ -2592,14 +2626,15 @@ static int block_forward(Backend *be, int b, const void *x, const float *coef, i
                           tp<T>(x), in_count);
         bin = K->r;
     }
-    /* merged: both first convolutions at once, before the branches part */
-    if (K->merged)
-        TRY(conv_forward(be, K->c[0][0], bin, &K->mconv, n, e));
-    /* the branches, each on its lane; a projection shortcut on its own */
+    /* a projection shortcut on a lane of its own, from here on (it needs
+     * nothing the branches compute); merged: both first convolutions at
+     * once, before the branches part, each on its lane */
     const int sl = SC_LANE(be);
-    TRY(lane_wait(be, 1, 0, e));
     if (B->proj)
         TRY(lane_wait(be, sl, 0, e));
+    if (K->merged)
+        TRY(conv_forward(be, K->c[0][0], bin, &K->mconv, n, e));
+    TRY(lane_wait(be, 1, 0, e));
     for (int k = 0; k < 2; k++) {
         const void *h = bin;
         for (int j = 0; j < B->nconv; j++) {
@@ -2716,6 +2751,10 @@ static int forward_enqueue(Backend *be, int n, int train, Err *e)
     const ModelSpec *s = &m->spec;
     const ConvDesc *sc = &m->stem_conv;
     const size_t srows = (size_t)n * sc->oh * sc->ow;
+    if (!train) {
+        KERNEL(bn_eval_kernel, be->nbns, 128, be->stream)(be->bn_evals, be->P, be->S);
+        CKLAUNCH();
+    }
     TRY(conv_forward(be, be->stem_c, be->xin, &be->stem_conv, n, e));
     TRY(bn_forward(be, &be->stem_bn, be->stem_c, srows, train, e));
     TRY(bn_apply(be, be->stem_out, be->stem_c, &be->stem_bn, srows, m->stem_relu, e));

@@ -29,6 +29,10 @@
 #include "shake.h"
 #include "train.h"
 
+#ifdef SHAKE_CUDA_EMU
+#include "emu/census.h"
+#endif
+
 static const BackendOps *cuda;
 
 /* ---- cuda against ref ---- */
@@ -1240,6 +1244,170 @@ static void device_step_case(Precision prec)
     dataset_free(&te);
 }
 
+#ifdef SHAKE_CUDA_EMU
+/* ---- the shape of the captured step (emulation only) ---- */
+
+/* The census (tests/emu/census.h) of the training step that train_step
+ * captures (three full steps of 4, the third captured) and of an
+ * evaluation batch (the second captured), with these knobs. */
+typedef struct {
+    int total, critical;        /* all launches; those on the longest chain */
+    int fwd, fwd_on;            /* forward convolutions; on the chain */
+    int data_on, filter_on;     /* data and filter gradient convolutions on the chain */
+    int shortcut_on;            /* pool_shift and concat launches on the chain */
+    int merged;                 /* blocks whose first convolutions ran as one */
+    int eval_total, eval_critical, eval_bn; /* an evaluation batch's; its bn_eval_kernels */
+} StepShape;
+
+static void step_census(const Model *m, const Dataset *d, const char *streams,
+                        const char *merge, StepShape *sh)
+{
+    setenv("SHAKE_CUDA_STREAMS", streams, 1);
+    setenv("SHAKE_CUDA_MERGE", merge, 1);
+    setenv("SHAKE_CUDA_GRAPHS", "require", 1);
+    BackendOptions o = {.max_batch = 4, .threads = 2, .device = 0,
+                        .precision = PRECISION_BF16};
+    Backend *be = compare_create(cuda, m, &o, 4);
+    unsetenv("SHAKE_CUDA_STREAMS");
+    unsetenv("SHAKE_CUDA_MERGE");
+    unsetenv("SHAKE_CUDA_GRAPHS");
+    float *p0 = malloc(m->nparams * 4), *s0 = malloc(m->nstate * 4);
+    model_init(m, 5, p0, s0);
+    COMPARE_OK(cuda->load(be, p0, s0, NULL, ep));
+    COMPARE_OK(cuda->set_data(be, d, d, ep));
+    int order[12];
+    data_epoch_order(order, 12, 5, 0, 1);
+    for (int k = 0; k < 3; k++) {
+        TrainStep ts = {order, 12, 4 * k, 4, 5, 0, k, 1, SHAKE_SHAKE, SHAKE_SHAKE,
+                        LEVEL_IMAGE, 0.1f, 0.9f, 5e-4f};
+        COMPARE_OK(cuda->train_step(be, &ts, ep));
+    }
+    assert_int_equal(backend_cuda_graph_launches(be), 1);
+    int pool_on, cat_on;
+    sh->total = emu_census(NULL, &sh->critical);
+    sh->fwd = emu_census("conv_fwd", &sh->fwd_on);
+    emu_census("conv_bwd_data", &sh->data_on);
+    emu_census("conv_bwd_filter", &sh->filter_on);
+    emu_census("pool_shift_kernel", &pool_on);
+    emu_census("concat_kernel", &cat_on);
+    sh->shortcut_on = pool_on + cat_on;
+    sh->merged = backend_cuda_merged_blocks(be);
+    float logits[4 * 10];
+    for (int k = 0; k < 2; k++) {
+        int idx[4] = {4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3};
+        COMPARE_OK(cuda->batch(be, 1, idx, 4, 0, 0, 0, ep));
+        COMPARE_OK(cuda->forward(be, logits, NULL, NULL, 4, 0, ep));
+    }
+    assert_int_equal(backend_cuda_graph_launches(be), 2);
+    int bn_on;
+    sh->eval_total = emu_census(NULL, &sh->eval_critical);
+    sh->eval_bn = emu_census("bn_eval_kernel", &bn_on);
+    printf("  streams %s, merge %s: %d launches a step, %d on its longest chain; forward "
+           "convolutions %d (%d on the chain), data and filter gradients on it %d and %d; "
+           "an evaluation batch %d launches, %d on its chain\n",
+           streams, merge, sh->total, sh->critical, sh->fwd, sh->fwd_on, sh->data_on,
+           sh->filter_on, sh->eval_total, sh->eval_critical);
+    cuda->destroy(be);
+    free(p0);
+    free(s0);
+}
+
+/*
+ * What the streams and the merged first convolutions are for, checked in
+ * the graph's shape, since the emulation cannot time it: at 26 2x32d a
+ * step is some 460 launches, each too small to fill the GPU, so its time
+ * follows its longest chain of launches. Each stream added takes work off
+ * that chain without adding any (2: a block's second branch beside the
+ * first; 3: the projection shortcut beside both; 4: the filter gradients
+ * beside the rest), and a merged block launches one forward convolution
+ * fewer; evaluation computes every batch norm's scale in one launch. A
+ * wait too many between the streams (one that orders what could run side
+ * by side) would leave the results right and every test passing, and only
+ * make the GPU slower: this test catches it.
+ */
+static void test_step_graph_shape(void **ctx)
+{
+    (void)ctx;
+    Err e = {{0}};
+    Dataset tr, te;
+    if (dataset_load(&tr, &te, DS_CIFAR10, data_dir, 0, &e))
+        fail_msg("%s", e.msg);
+    if (dataset_subset(&tr, 12, 3, &e))
+        fail_msg("%s", e.msg);
+    /* two blocks a stage: identity shortcuts, and projections in stages 2 and 3 */
+    ModelSpec spec = {ARCH_RESNET, 14, 16, 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
+    Model m;
+    if (model_build(&m, &spec, &e))
+        fail_msg("%s", e.msg);
+    /* a block's chain: its merged first convolution and one branch's second
+     * (forward), one branch's two data gradients (backward); a projection's
+     * two convolutions of each kind, where it is not beside the branches */
+    const int nb = m.nblocks;
+    int np = 0;
+    for (int b = 0; b < nb; b++)
+        np += m.blocks[b].proj != 0;
+    StepShape sh[5];
+    const char *names[] = {"", "1", "2", "3", "4"};
+    for (int s = 1; s <= 4; s++)
+        step_census(&m, &tr, names[s], "1", &sh[s]);
+    if (sh[1].critical != sh[1].total)
+        fail_msg("one stream: %d launches but a longest chain of %d; one stream is one chain",
+                 sh[1].total, sh[1].critical);
+    for (int s = 2; s <= 4; s++) {
+        const StepShape *q = &sh[s];
+        if (q->total != sh[1].total)
+            fail_msg("%d streams launch %d kernels and library calls a step, one stream %d: "
+                     "the streams should only reorder the work", s, q->total, sh[1].total);
+        if (!(q->critical < sh[s - 1].critical))
+            fail_msg("%d streams: a longest chain of %d launches, %d streams %d: the work "
+                     "the extra stream takes should leave the chain", s, q->critical, s - 1,
+                     sh[s - 1].critical);
+        assert_int_equal(q->merged, nb);
+        /* the running statistics' scales, all in one launch */
+        if (q->eval_bn != 1)
+            fail_msg("%d streams: an evaluation batch launches bn_eval_kernel %d times, "
+                     "not once for all its batch norms", s, q->eval_bn);
+        /* the stem, then per block one branch; the shortcut beside from 3 on */
+        const int sc = s >= 3 ? 0 : 2 * np;
+        if (q->fwd_on > 1 + 2 * nb + sc)
+            fail_msg("%d streams: %d forward convolutions on the longest chain, at most %d "
+                     "with a block's branches side by side", s, q->fwd_on, 1 + 2 * nb + sc);
+        if (q->data_on > 2 * nb + sc)
+            fail_msg("%d streams: %d data gradient convolutions on the longest chain, at "
+                     "most %d with a block's branches side by side", s, q->data_on,
+                     2 * nb + sc);
+        /* evaluation has no filter gradients for a fourth stream to take */
+        if (!(s == 4 ? q->eval_critical <= sh[3].eval_critical
+                     : q->eval_critical < sh[s - 1].eval_critical))
+            fail_msg("%d streams: an evaluation batch's longest chain is %d launches, with %d "
+                     "streams %d", s, q->eval_critical, s - 1, sh[s - 1].eval_critical);
+        if (s >= 3 && q->shortcut_on != 0)
+            fail_msg("%d streams: %d of the projection shortcut's pool and concat launches "
+                     "on the longest chain; its stream runs them beside the branches", s,
+                     q->shortcut_on);
+    }
+    if (!(sh[4].filter_on < sh[3].filter_on))
+        fail_msg("4 streams: %d filter gradients on the longest chain, 3 streams %d: the "
+                 "fourth stream runs them beside the rest", sh[4].filter_on, sh[3].filter_on);
+    StepShape apart;
+    step_census(&m, &tr, "3", "0", &apart);
+    assert_int_equal(apart.merged, 0);
+    if (apart.fwd - sh[3].fwd != nb)
+        fail_msg("%d forward convolutions merged, %d not merged, for %d merged blocks",
+                 sh[3].fwd, apart.fwd, nb);
+    if (!(sh[3].critical < apart.critical))
+        fail_msg("merged first convolutions: a longest chain of %d launches, not merged %d",
+                 sh[3].critical, apart.critical);
+    /* the shortcut does not wait for the merged convolution it does not read */
+    if (sh[3].eval_critical > apart.eval_critical)
+        fail_msg("merged first convolutions: an evaluation batch's longest chain is %d "
+                 "launches, not merged %d", sh[3].eval_critical, apart.eval_critical);
+    model_free(&m);
+    dataset_free(&tr);
+    dataset_free(&te);
+}
+#endif
+
 static void test_device_step_fp32(void **ctx)
 {
     (void)ctx;
@@ -1268,7 +1436,7 @@ int main(void)
     const char *only = getenv("SHAKE_TEST_FILTER");
     if (only && *only)
         cmocka_set_test_filter(only);
-    struct CMUnitTest tests[NMODES * NCASES + 13];
+    struct CMUnitTest tests[NMODES * NCASES + 14];
     int nt = 0;
     for (int mode = 0; mode < NMODES; mode++)
         for (int i = 0; i < NCASES; i++) {
@@ -1290,5 +1458,8 @@ int main(void)
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_resume_exact_bf16);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_device_step_fp32);
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_device_step_bf16);
+#ifdef SHAKE_CUDA_EMU
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_step_graph_shape);
+#endif
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -72,6 +72,7 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublas
         ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
         return CUBLAS_STATUS_INVALID_VALUE;
     const double a = *alpha, b = *beta;
+    emu_name = "gemm";
     emu_enqueue(h->stream, [=]() {
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) {

@@ -5,3 +5,32 @@
  * there is no GPU.
  */
 #include "../../kernels/cuda.cu"
+
+#include "census.h"
+
+extern "C" int emu_census(const char *name, int *critical)
+{
+    int n = 0, c = 0;
+    for (const EmuCensusNode &node : emu_census_nodes)
+        if (!node.name.empty() && (!name || node.name == name)) {
+            n++;
+            c += node.critical;
+        }
+    *critical = c;
+    return n;
+}
+
+extern "C" const char *emu_census_name(int i)
+{
+    static std::vector<std::string> names;
+    names.clear();
+    for (const EmuCensusNode &node : emu_census_nodes)
+        if (!node.name.empty() && std::find(names.begin(), names.end(), node.name) == names.end())
+            names.push_back(node.name);
+    return i >= 0 && i < (int)names.size() ? names[i].c_str() : NULL;
+}
+
+extern "C" unsigned long emu_census_graphs(void)
+{
+    return emu_census_taken;
+}

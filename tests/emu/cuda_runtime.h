@@ -25,6 +25,8 @@
  * a race would on a GPU. While a
  * stream captures, its nodes go into the graph instead, with the same
  * dependencies, and cudaGraphLaunch queues them.
+ * Each captured graph's census (its launches by name, and which lie on its
+ * longest chain) is kept for tests/emu/census.h.
  * What it cannot model: two kernels truly at once (a race inside one
  * kernel), the real libraries' numerics and algorithm coverage, timing.
  */
@@ -38,6 +40,7 @@
 #include <cstring>
 #include <algorithm>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -95,11 +98,17 @@ struct EmuNode {
     unsigned long seq;                  /* queued as the seq-th node */
 };
 
-/* A captured node: deps are indices of earlier nodes of the same graph. */
+/* A captured node: deps are indices of earlier nodes of the same graph;
+ * name: the kernel or library call it runs (NULL: a node that only waits). */
 struct EmuCapNode {
     std::function<void()> op;
     std::vector<int> deps;
+    const char *name;
 };
+
+/* the name the next queued operation gets (KERNEL and the library calls
+ * set it; anything else is "?") */
+inline const char *emu_name = "?";
 typedef std::vector<EmuCapNode> EmuOps;
 
 struct EmuStream {
@@ -258,7 +267,7 @@ inline void emu_run(EmuNode *until)
 inline void emu_enqueue(cudaStream_t s, std::function<void()> op)
 {
     if (s && s->capture) {
-        EmuCapNode c{std::move(op), {}};
+        EmuCapNode c{std::move(op), {}, emu_name};
         if (s->cap_last >= 0)
             c.deps.push_back(s->cap_last);
         s->capture->push_back(std::move(c));
@@ -270,6 +279,7 @@ inline void emu_enqueue(cudaStream_t s, std::function<void()> op)
         emu_run(NULL);
         op();
     }
+    emu_name = "?";
 }
 
 /* KERNEL(k, grid, block, stream)(args): every thread of every block. */
@@ -309,7 +319,7 @@ EmuLaunch<P...> emu_launch(void (*k)(P...), dim3 grid, dim3 block, cudaStream_t 
 }
 
 #define KERNEL(k, grid, block, stream) \
-    emu_launch(k, dim3(grid), dim3(block), (cudaStream_t)(stream))
+    (emu_name = #k, emu_launch(k, dim3(grid), dim3(block), (cudaStream_t)(stream)))
 
 /* ---- atomics (one thread at a time) ---- */
 
@@ -469,10 +479,12 @@ inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMem
     /* a device source is read when the copy runs, as on a GPU; a host
      * source is staged now, as the runtime does for pageable memory */
     if (kind != cudaMemcpyHostToDevice) {
+        emu_name = "memcpy";
         emu_enqueue(s, [=]() { memcpy(dst, src, n); });
         return cudaSuccess;
     }
     std::vector<unsigned char> staged((const unsigned char *)src, (const unsigned char *)src + n);
+    emu_name = "memcpy";
     emu_enqueue(s, [=]() { memcpy(dst, staged.data(), n); });
     return cudaSuccess;
 }
@@ -606,6 +618,48 @@ inline cudaError_t cudaEventDestroy(cudaEvent_t ev)
     return cudaSuccess;
 }
 
+/*
+ * The census of the last graph captured (tests/emu/census.h): each node's
+ * name (template arguments left out) and whether it lies on the graph's
+ * longest chain of work -- kernels and library calls; the nodes that only
+ * wait add nothing to a chain, as on a GPU, where they are edges. Where the
+ * step is bound by its launches' latency, as 26 2x32d's is, that chain and
+ * not the number of kernels sets its time (bench/graph_census.c prints it).
+ */
+struct EmuCensusNode {
+    std::string name;           /* "": a node that only waits */
+    bool critical;
+};
+inline std::vector<EmuCensusNode> emu_census_nodes;
+inline unsigned long emu_census_taken;
+
+inline void emu_census_take(const EmuOps &ops)
+{
+    const size_t n = ops.size();
+    emu_census_taken++;
+    std::vector<int> len(n), from(n, -1);
+    int end = -1;
+    emu_census_nodes.assign(n, EmuCensusNode{"", false});
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i].name) {
+            const char *lt = strchr(ops[i].name, '<');
+            emu_census_nodes[i].name.assign(ops[i].name, lt ? (size_t)(lt - ops[i].name)
+                                                            : strlen(ops[i].name));
+        }
+        int best = 0;
+        for (int d : ops[i].deps)
+            if (len[d] > best) {
+                best = len[d];
+                from[i] = d;
+            }
+        len[i] = best + (ops[i].name ? 1 : 0);
+        if (end < 0 || len[i] > len[end])
+            end = (int)i;
+    }
+    for (int i = end; i >= 0; i = from[i])
+        emu_census_nodes[i].critical = true;
+}
+
 inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode)
 {
     if (!s || s->capture)
@@ -640,6 +694,7 @@ inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
         delete ops;
         return emu_error(cudaErrorStreamCaptureUnjoined);
     }
+    emu_census_take(*ops);
     *g = new EmuGraph{std::move(*ops)};
     delete ops;
     return cudaSuccess;

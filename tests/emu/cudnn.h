@@ -387,6 +387,7 @@ inline cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha,
     const EmuTensor X = *xd, Y = *yd;
     const EmuFilter W = *wd;
     const EmuConv C = *cd;
+    emu_name = "conv_fwd";
     emu_enqueue(h->stream, [=]() {
         std::vector<float> xf = emu_floats(x, X.type, emu_count(&X));
         std::vector<float> wf = emu_floats(w, W.type, (size_t)W.k * W.r * W.s * W.c);
@@ -413,6 +414,7 @@ inline cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *a
     const EmuTensor X = *dxd, Y = *dyd;
     const EmuFilter W = *wd;
     const EmuConv C = *cd;
+    emu_name = "conv_bwd_data";
     emu_enqueue(h->stream, [=]() {
         std::vector<float> yf = emu_floats(dy, Y.type, emu_count(&Y));
         std::vector<float> wf = emu_floats(w, W.type, (size_t)W.k * W.r * W.s * W.c);
@@ -439,6 +441,7 @@ inline cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void 
     const EmuTensor X = *xd, Y = *dyd;
     const EmuFilter W = *dwd;
     const EmuConv C = *cd;
+    emu_name = "conv_bwd_filter";
     emu_enqueue(h->stream, [=]() {
         std::vector<float> xf = emu_floats(x, X.type, emu_count(&X));
         std::vector<float> yf = emu_floats(dy, Y.type, emu_count(&Y));
