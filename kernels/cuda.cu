@@ -1111,6 +1111,8 @@ typedef struct {
     void *dc[2], *dact;         /* backward scratch, max_act elements each (dc[1]: four lanes) */
     int dc_next;                /* the dc the next batch-norm backward takes */
     int dc_read[2];             /* a filter gradient on the side lane reads dc[i], done at dc_free[i] */
+    int mdc_read;               /* a merged filter gradient on lane 3 reads be->mdc, done at
+                                   be->mdc_free (branch lanes, four lanes) */
     cudaEvent_t mark;           /* recorded where another lane waits for this one */
     cudaEvent_t dc_free[2];
 } Lane;
@@ -1165,6 +1167,7 @@ struct Backend {
     int merge;
     void *mdc;
     size_t mdc_count;
+    cudaEvent_t mdc_free;       /* four lanes: the last merged filter gradient has read mdc */
     void *act_arena;
     /* set_data: the data sets' bytes and labels; batch: its indices */
     uint8_t *pixels[2];
@@ -2123,6 +2126,8 @@ static void cuda_destroy(Backend *be)
     }
     if (be->blas)               /* before its workspace goes */
         cublasDestroy(be->blas);
+    if (be->mdc_free)
+        cudaEventDestroy(be->mdc_free);
     for (int l = 0; l < 4; l++) {
         Lane *ln = &be->lane[l];
         if (ln->dnn)
@@ -2220,6 +2225,8 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         for (int i = 0; i < 2; i++)
             CK(cudaEventCreateWithFlags(&ln->dc_free[i], cudaEventDisableTiming));
     }
+    if (be->nlanes == 4)
+        CK(cudaEventCreateWithFlags(&be->mdc_free, cudaEventDisableTiming));
     CKBLAS(cublasCreate(&be->blas));
     CKBLAS(cublasSetStream(be->blas, be->stream));
     /* fp32 classifier for both precisions: no TF32 */
@@ -2321,7 +2328,9 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     be->nweighted = be->nconvs;
     /* merged first convolutions: the same input, so one convolution with
      * both branches' filters (cout 2c) on the main lane; its filter
-     * gradient too, and its data gradient is the sum of the branches' */
+     * gradient too (four lanes: on branch 1's filter lane, off the path
+     * that the data gradients take), and its data gradient is the sum of
+     * the branches' */
     be->mdc_count = 0;
     for (int b = 0; b < m->nblocks; b++) {
         const BlockDesc *B = &m->blocks[b];
@@ -2336,7 +2345,8 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         K->mdesc = *c0;
         K->mdesc.cout = 2 * c0->cout;
         TRY(conv_init(be, &K->mconv, &K->mdesc, e));
-        K->mconv.lane = K->mconv.wlane = 0;
+        K->mconv.lane = 0;
+        K->mconv.wlane = be->nlanes == 4 ? 3 : 0;
         K->conv[0][0].idle = K->conv[1][0].idle = 1;
         const size_t mc = conv_out_count(&K->mdesc, N);
         be->mdc_count = mc > be->mdc_count ? mc : be->mdc_count;
@@ -2854,9 +2864,15 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
             const ConvDesc *c = &B->conv[k][j];
             const size_t rows = (size_t)n * c->oh * c->ow;
             void *dc = NULL;
-            if (j == 0 && K->merged) /* its half of the merged conv's output gradient */
+            if (j == 0 && K->merged) {
+                /* its half of the merged conv's output gradient, once the
+                 * last merged filter gradient has read mdc */
+                if (be->lane[l].mdc_read) {
+                    CK(cudaStreamWaitEvent(ln->stream, be->mdc_free, 0));
+                    be->lane[l].mdc_read = 0;
+                }
                 dc = (char *)be->mdc + (size_t)k * c->cout * be->esize;
-            else
+            } else
                 TRY(dc_take(be, l, &dc, e));
             if (j == last) /* branch k gets beta * g (k = 0) or (1 - beta) * g (k = 1) */
                 TRY(bn_backward(be, dc, g, mask, beta, k == 1, ohw, K->c[k][j], &K->bn[k][j],
@@ -2879,7 +2895,14 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     }
     TRY(lane_wait(be, 0, 1, e));
     if (K->merged) {            /* the data gradient sums the branches' */
+        const int wl = K->mconv.wlane;
+        if (wl != 0)
+            TRY(lane_wait(be, wl, 0, e));
         TRY(conv_backward_filter(be, bin, be->mdc, &K->mconv, n, e));
+        if (wl != 0) {
+            CK(cudaEventRecord(be->mdc_free, be->lane[wl].stream));
+            be->lane[0].mdc_read = be->lane[1].mdc_read = 1;
+        }
         TRY(conv_backward_data(be, dbin, be->mdc, &K->mconv, n, 0, e));
     }
 
@@ -2954,7 +2977,7 @@ static int backward_enqueue(Backend *be, int n, Err *e)
     /* the filter gradients' reads of the dc buffers that a previous backward
      * left are long done: it ended waiting for them */
     for (int l = 0; l < BRANCH_LANES(be); l++)
-        be->lane[l].dc_read[0] = be->lane[l].dc_read[1] = 0;
+        be->lane[l].dc_read[0] = be->lane[l].dc_read[1] = be->lane[l].mdc_read = 0;
 
     /* global pooling; resnet's head ReLU masks by the last block's output */
     const int fhw = m->feat_h * m->feat_w;
