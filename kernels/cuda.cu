@@ -1111,8 +1111,8 @@ typedef struct {
     void *dc[2], *dact;         /* backward scratch, max_act elements each (dc[1]: four lanes) */
     int dc_next;                /* the dc the next batch-norm backward takes */
     int dc_read[2];             /* a filter gradient on the side lane reads dc[i], done at dc_free[i] */
-    int mdc_read;               /* a merged filter gradient on lane 3 reads be->mdc, done at
-                                   be->mdc_free (branch lanes, four lanes) */
+    int mdc_read;               /* a merged filter gradient on a side lane reads be->mdc,
+                                   done at be->mdc_free (branch lanes, three or four lanes) */
     cudaEvent_t mark;           /* recorded where another lane waits for this one */
     cudaEvent_t dc_free[2];
 } Lane;
@@ -1167,7 +1167,7 @@ struct Backend {
     int merge;
     void *mdc;
     size_t mdc_count;
-    cudaEvent_t mdc_free;       /* four lanes: the last merged filter gradient has read mdc */
+    cudaEvent_t mdc_free;       /* 3-4 lanes: the last merged filter gradient has read mdc */
     void *act_arena;
     /* set_data: the data sets' bytes and labels; batch: its indices */
     uint8_t *pixels[2];
@@ -2225,7 +2225,7 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         for (int i = 0; i < 2; i++)
             CK(cudaEventCreateWithFlags(&ln->dc_free[i], cudaEventDisableTiming));
     }
-    if (be->nlanes == 4)
+    if (be->nlanes >= 3)
         CK(cudaEventCreateWithFlags(&be->mdc_free, cudaEventDisableTiming));
     CKBLAS(cublasCreate(&be->blas));
     CKBLAS(cublasSetStream(be->blas, be->stream));
@@ -2328,9 +2328,9 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
     be->nweighted = be->nconvs;
     /* merged first convolutions: the same input, so one convolution with
      * both branches' filters (cout 2c) on the main lane; its filter
-     * gradient too (four lanes: on branch 1's filter lane, off the path
-     * that the data gradients take), and its data gradient is the sum of
-     * the branches' */
+     * gradient on a side lane, off the path that the data gradients take
+     * (three lanes: the shortcuts', four: branch 1's filter lane; fewer:
+     * the main lane), and its data gradient is the sum of the branches' */
     be->mdc_count = 0;
     for (int b = 0; b < m->nblocks; b++) {
         const BlockDesc *B = &m->blocks[b];
@@ -2346,7 +2346,7 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
         K->mdesc.cout = 2 * c0->cout;
         TRY(conv_init(be, &K->mconv, &K->mdesc, e));
         K->mconv.lane = 0;
-        K->mconv.wlane = be->nlanes == 4 ? 3 : 0;
+        K->mconv.wlane = be->nlanes == 4 ? 3 : be->nlanes == 3 ? 2 : 0;
         K->conv[0][0].idle = K->conv[1][0].idle = 1;
         const size_t mc = conv_out_count(&K->mdesc, N);
         be->mdc_count = mc > be->mdc_count ? mc : be->mdc_count;
@@ -2895,14 +2895,8 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     }
     TRY(lane_wait(be, 0, 1, e));
     if (K->merged) {            /* the data gradient sums the branches' */
-        const int wl = K->mconv.wlane;
-        if (wl != 0)
-            TRY(lane_wait(be, wl, 0, e));
-        TRY(conv_backward_filter(be, bin, be->mdc, &K->mconv, n, e));
-        if (wl != 0) {
-            CK(cudaEventRecord(be->mdc_free, be->lane[wl].stream));
-            be->lane[0].mdc_read = be->lane[1].mdc_read = 1;
-        }
+        if (K->mconv.wlane == 0)
+            TRY(conv_backward_filter(be, bin, be->mdc, &K->mconv, n, e));
         TRY(conv_backward_data(be, dbin, be->mdc, &K->mconv, n, 0, e));
     }
 
@@ -2917,6 +2911,17 @@ static int block_backward(Backend *be, int b, void *dx, const void *g, const voi
     }
     if (sc_side)
         TRY(lane_wait(be, 0, sl, e));
+    /* the merged filter gradient on a side lane (three or four lanes), off
+     * the path to the next block: after the shortcut's join, which would
+     * otherwise wait for it; the branches' next writes of mdc wait for its
+     * read */
+    if (K->merged && K->mconv.wlane != 0) {
+        const int wl = K->mconv.wlane;
+        TRY(lane_wait(be, wl, 0, e));
+        TRY(conv_backward_filter(be, bin, be->mdc, &K->mconv, n, e));
+        CK(cudaEventRecord(be->mdc_free, be->lane[wl].stream));
+        be->lane[0].mdc_read = be->lane[1].mdc_read = 1;
+    }
     /* resnet: after every consumer of relu(x) has added its share */
     if (resnet && B->proj) {
         LAUNCH_PACKED(relu_backward_pool_kernel, in_count,
