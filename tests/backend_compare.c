@@ -76,10 +76,8 @@ typedef struct {
 static void fixture_setup(Fixture *f, const BackendOps *ops, const BackendOptions *o,
                           const CompareCase *c)
 {
-    Err e = {{0}};
     memset(f, 0, sizeof *f);
-    if (model_build(&f->m, &c->spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&f->m, &c->spec);
     const Model *m = &f->m;
     int n = f->n = c->n, K = f->K = c->spec.classes;
     size_t img = (size_t)c->spec.in_c * c->spec.in_h * c->spec.in_w;

@@ -62,8 +62,7 @@ static void test_detects_wrong_beta(void **ctx)
         skip();
     const CompareCase *c = &cases[0];
     Model m;
-    Err e = {{0}};
-    assert_int_equal(model_build(&m, &c->spec, &e), 0);
+    tu_model(&m, &c->spec);
     int n = c->n, K = c->spec.classes;
     size_t img = (size_t)c->spec.in_c * c->spec.in_h * c->spec.in_w;
     float *params = malloc(m.nparams * 4), *state = malloc(m.nstate * 4);
@@ -109,8 +108,7 @@ static void test_describe(void **ctx)
         if (!ops)
             continue;
         Model m;
-        Err e = {{0}};
-        assert_int_equal(model_build(&m, &cases[0].spec, &e), 0);
+        tu_model(&m, &cases[0].spec);
         Backend *be = compare_create(ops, &m, &float32_2threads, 4);
         hw[0] = '\0';
         ops->describe(be, hw, sizeof hw);

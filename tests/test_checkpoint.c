@@ -35,9 +35,7 @@ typedef struct {
 
 static void net_make(Net *n, const ModelSpec *spec, uint64_t seed)
 {
-    Err e = {{0}};
-    if (model_build(&n->m, spec, &e) != 0)
-        fail_msg("%s", e.msg);
+    tu_model(&n->m, spec);
     n->params = malloc(n->m.nparams * sizeof(float));
     n->state = malloc(n->m.nstate * sizeof(float));
     n->momentum = malloc(n->m.nparams * sizeof(float));

@@ -164,9 +164,7 @@ static size_t count_params(Arch arch, int depth, int width, int groups, int clas
 {
     ModelSpec spec = {arch, depth, width, groups, classes, 3, 32, 32, SHIFT_ORIGINAL};
     Model m;
-    Err e = {{0}};
-    if (model_build(&m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&m, &spec);
     size_t n = m.nparams;
     model_free(&m);
     return n;
@@ -190,8 +188,7 @@ static void test_forward_macs(void **s)
     for (int i = 0; i < 4; i++) {
         ModelSpec spec = {ARCH_RESNET, 26, widths[i], 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
         Model m;
-        Err e = {{0}};
-        assert_int_equal(model_build(&m, &spec, &e), 0);
+        tu_model(&m, &spec);
         assert_int_equal((int)lround(model_macs(&m) / 1e6), macs[i]);
         model_free(&m);
     }
@@ -210,8 +207,7 @@ static void test_layout(void **s)
     (void)s;
     ModelSpec spec = {ARCH_RESNET, 26, 32, 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
     Model m;
-    Err e = {{0}};
-    assert_int_equal(model_build(&m, &spec, &e), 0);
+    tu_model(&m, &spec);
     assert_int_equal(m.nblocks, 12);
     assert_int_equal(m.stem_conv.cout, 16);            /* the stem is 16 wide */
     assert_int_equal(m.stem_relu, 0);                  /* and has no ReLU */

@@ -188,8 +188,7 @@ static void test_tuning_knobs(void **ctx)
     const ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
     Model m;
     Err e = {{0}};
-    if (model_build(&m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&m, &spec);
     const struct {
         const char *knob, *value;
     } bad[] = {{"SHAKE_CUDA_BN_CHUNKS", "0"},    {"SHAKE_CUDA_BN_CHUNKS", "513"},
@@ -613,8 +612,7 @@ static void test_out_of_memory(void **ctx)
     const ModelSpec spec = {ARCH_RESNET, 26, 96, 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
     Model m;
     Err e = {{0}};
-    if (model_build(&m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&m, &spec);
     BackendOptions o = {.max_batch = 8192, .threads = 2, .device = 0, .precision = PRECISION_FP32};
     Backend *be = cuda->create(&m, &o, &e);
     if (be)
@@ -625,8 +623,7 @@ static void test_out_of_memory(void **ctx)
     BackendOptions small = {.max_batch = 4, .threads = 2, .device = 0, .precision = PRECISION_FP32};
     const ModelSpec tiny = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
     Model t;
-    if (model_build(&t, &tiny, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&t, &tiny);
     cuda->destroy(compare_create(cuda, &t, &small, 4));
     model_free(&t);
     model_free(&m);
@@ -638,8 +635,7 @@ static void test_bad_device(void **ctx)
     const ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
     Model m;
     Err e = {{0}};
-    if (model_build(&m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&m, &spec);
     /* 99, and the first ordinal past the last GPU (an off-by-one) */
     const int bad[] = {99, backend_cuda_devices()};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -819,8 +815,7 @@ static void test_algo_record(void **ctx)
     const ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
     Model m;
     Err e = {{0}};
-    if (model_build(&m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&m, &spec);
     char *root = tu_tempdir("algo-record");
     char path[600];
     snprintf(path, sizeof path, "%s/rec.json", root);
@@ -1102,8 +1097,7 @@ static void device_step_case(Precision prec)
         fail_msg("%s", e.msg);
     ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
     Model m;
-    if (model_build(&m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&m, &spec);
     float *p0 = malloc(m.nparams * 4), *s0 = malloc(m.nstate * 4);
     model_init(&m, 5, p0, s0);
     StepRun g, q, h, one, three, four, apart;
@@ -1338,8 +1332,7 @@ static void test_step_graph_shape(void **ctx)
     /* two blocks a stage: identity shortcuts, and projections in stages 2 and 3 */
     ModelSpec spec = {ARCH_RESNET, 14, 16, 1, 10, 3, 32, 32, SHIFT_ORIGINAL};
     Model m;
-    if (model_build(&m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&m, &spec);
     /* a block's chain: its merged first convolution and one branch's second
      * (forward), one branch's two data gradients (backward); a projection's
      * two convolutions of each kind, where it is not beside the branches */

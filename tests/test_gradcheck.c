@@ -45,7 +45,7 @@ static void net_setup(Net *t, ModelSpec spec, int n, uint64_t seed)
 {
     Err e;
     memset(t, 0, sizeof *t);
-    assert_int_equal(model_build(&t->m, &spec, &e), 0);
+    tu_model(&t->m, &spec);
     const Model *m = &t->m;
     t->n = n;
     t->params = alloc_f(m->nparams);

@@ -187,6 +187,13 @@ const char *tu_source_path(const char *rel)
     return buf;
 }
 
+void tu_model(Model *m, const ModelSpec *spec)
+{
+    Err e = {{0}};
+    if (model_build(m, spec, &e))
+        fail_msg("%s", e.msg);
+}
+
 void tu_checkpoint_load(TuCheckpoint *l, const char *dir, const TrainConfig *c)
 {
     char path[4096];
@@ -194,8 +201,7 @@ void tu_checkpoint_load(TuCheckpoint *l, const char *dir, const TrainConfig *c)
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
     ModelSpec spec;
     config_model_spec(c, 10, 3, 32, 32, &spec);
-    if (model_build(&l->m, &spec, &e))
-        fail_msg("%s", e.msg);
+    tu_model(&l->m, &spec);
     l->params = malloc(l->m.nparams * sizeof(float));
     l->state = malloc(l->m.nstate * sizeof(float));
     l->mom = malloc(l->m.nparams * sizeof(float));

@@ -56,6 +56,9 @@ int tu_run_sweep(char **output, const char *fmt, ...)
 void tu_write_cifar10(const char *dir, int n_train, int n_test, uint64_t seed,
                       int test_is_train);
 
+/* model_build of spec into m, or the test fails with its message. */
+void tu_model(Model *m, const ModelSpec *spec);
+
 /* A run folder's checkpoint with the model its config describes on
  * CIFAR-shaped data (10 classes, 3x32x32); fails the test on error. */
 typedef struct {
