@@ -16,7 +16,6 @@
 #define _GNU_SOURCE
 #include "checkpoint.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -173,36 +172,6 @@ int checkpoint_save(const char *path, const Model *m, const float *params,
     int rc = file_replace(path, "saving checkpoint", write_body, &b, e);
     free(json);
     return rc;
-}
-
-int checkpoint_remove_stale(const char *path)
-{
-    char dir[4096];
-    const char *name = path_parent(path, dir, sizeof dir);
-    const size_t len = strlen(name);
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    int removed = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        /* NAME.tmp.PID, PID all digits, the process gone (on this host:
-         * the orchestrator never runs one run in two places at once) */
-        const char *s = de->d_name;
-        if (strncmp(s, name, len) != 0 || strncmp(s + len, ".tmp.", 5) != 0)
-            continue;
-        char *end;
-        errno = 0;
-        const long pid = strtol(s + len + 5, &end, 10);
-        if (s[len + 5] < '0' || s[len + 5] > '9' || *end || errno || pid <= 0 ||
-            pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-            continue;
-        char file[4096 + 256];
-        snprintf(file, sizeof file, "%s/%s", dir, s);
-        removed += unlink(file) == 0;
-    }
-    closedir(d);
-    return removed;
 }
 
 static void writer_clear(CheckpointWriter *w)

@@ -30,13 +30,6 @@ int checkpoint_save(const char *path, const Model *m, const float *params,
                     const CheckpointMeta *meta, Err *e);
 
 /*
- * Removes the temporary files (PATH.tmp.PID) that writers of path left when
- * they died mid-write (kill -9, preemption, a crash): those of processes
- * that no longer exist on this host. Returns how many went.
- */
-int checkpoint_remove_stale(const char *path);
-
-/*
  * A checkpoint written in a background thread, so that training goes on
  * while the file is written and synced (hundreds of ms for 26 2x96d's
  * 210 MB, a tenth of a GPU epoch). checkpoint_save_start copies meta and

@@ -129,6 +129,8 @@ static int run_setup(Run *r, const TrainConfig *cfg, int train, Err *e)
         if (mkdir_p(cfg->out, e))
             return -1;
         snprintf(record, sizeof record, "%s/" ALGO_RECORD_NAME, cfg->out);
+        /* the half-written record a killed run left goes (as its checkpoint does) */
+        file_replace_stale(record);
         /* resumed from another folder: that run's record, until this one has its own */
         if (cfg->resume[0]) {
             char dir[1024];
@@ -291,7 +293,7 @@ int train_run_hooked(const TrainConfig *cfg, FILE *progress, const TrainHooks *h
     const Model *m = &r->model;
     snprintf(r->ckpt_path, sizeof r->ckpt_path, "%s/checkpoint.safetensors", cfg->out);
     /* a killed run's half-written checkpoint (26 2x96d: 210 MB) goes */
-    checkpoint_remove_stale(r->ckpt_path);
+    file_replace_stale(r->ckpt_path);
 
     int64_t step = 0;
     if (cfg->resume[0] || cfg->init[0]) {

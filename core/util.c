@@ -1,6 +1,8 @@
 /* Error buffer, checked allocation, clocks and file helpers shared by the engine. */
 #include "util.h"
 
+#include <dirent.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,6 +163,36 @@ int file_replace(const char *path, const char *what, int (*body)(FILE *f, void *
         return err_set(e, "%s %s: written, but syncing its folder failed: %s", what, path,
                        strerror(errno));
     return 0;
+}
+
+int file_replace_stale(const char *path)
+{
+    char dir[4096];
+    const char *name = path_parent(path, dir, sizeof dir);
+    const size_t len = strlen(name);
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int removed = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        /* NAME.tmp.PID, PID all digits, the process gone (on this host:
+         * the orchestrator never runs one run in two places at once) */
+        const char *s = de->d_name;
+        if (strncmp(s, name, len) != 0 || strncmp(s + len, ".tmp.", 5) != 0)
+            continue;
+        char *end;
+        errno = 0;
+        const long pid = strtol(s + len + 5, &end, 10);
+        if (s[len + 5] < '0' || s[len + 5] > '9' || *end || errno || pid <= 0 ||
+            pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char file[4096 + 256];
+        snprintf(file, sizeof file, "%s/%s", dir, s);
+        removed += unlink(file) == 0;
+    }
+    closedir(d);
+    return removed;
 }
 
 void host_cpu(char *buf, size_t len)

@@ -36,11 +36,18 @@ int fsync_parent(const char *path);
  * the new one, never part of either: body (0, or -1 with errno set) writes
  * the new content to path.tmp.PID, which is flushed, fsynced, renamed over
  * path, and the folder fsynced. Errors start with "WHAT PATH: " and name
- * the step; the temporary file goes (checkpoint_remove_stale finds those a
+ * the step; the temporary file goes (file_replace_stale finds those a
  * killed process left by that name).
  */
 int file_replace(const char *path, const char *what, int (*body)(FILE *f, void *ctx), void *ctx,
                  Err *e);
+/*
+ * Removes the temporary files (PATH.tmp.PID) that file_replace left for
+ * path in processes that died mid-write (kill -9, preemption, a crash):
+ * those of processes that no longer exist on this host (the orchestrator
+ * never runs one run in two places at once). Returns how many went.
+ */
+int file_replace_stale(const char *path);
 
 /* This machine's processor, as /proc/cpuinfo names it, and its online
  * cores: "Intel(R) Xeon(R) CPU @ 2.50GHz, 2 cores". */

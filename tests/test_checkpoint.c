@@ -787,11 +787,11 @@ static void test_remove_stale(void **state)
     snprintf(f, sizeof f, "%s/other.safetensors.tmp.%ld", dir, (long)dead);
     tu_write_file(f, "x", 1);
     assert_int_equal(count_entries(dir), 8);
-    assert_int_equal(checkpoint_remove_stale(path), 1);
+    assert_int_equal(file_replace_stale(path), 1);
     assert_int_equal(count_entries(dir), 7);
     snprintf(f, sizeof f, "%s.tmp.%ld", path, (long)dead);
     assert_int_equal(access(f, F_OK), -1);
-    assert_int_equal(checkpoint_remove_stale(path), 0);
+    assert_int_equal(file_replace_stale(path), 0);
     tu_rmtree(dir);
     free(dir);
 }

@@ -223,7 +223,8 @@ static void test_memorizes_256_images(void **s)
  * checkpoint may still be being written in the background: the folder holds
  * epoch 1's or epoch 2's checkpoint, whole, and the run resumed from it in
  * the same folder (as `sweep run` resumes) ends where the uninterrupted run
- * does, to the bit, and leaves no temporary file of the dead run's behind.
+ * does, to the bit, and leaves no temporary file of the dead run's behind
+ * (checkpoint or algorithm record).
  * The dying run is this program again (--die-at-epoch-3), a fresh process:
  * a forked copy of one that has used OpenMP may hang in its first parallel
  * loop.
@@ -251,7 +252,7 @@ static void test_killed_while_checkpointing(void **s)
 {
     (void)s;
     char *root = tu_tempdir("killed");
-    char straight[480], part[480], ck[520], stale[560];
+    char straight[480], part[480], ck[520], stale[560], rstale[580];
     snprintf(straight, sizeof straight, "%.400s/straight", root);
     snprintf(part, sizeof part, "%.400s/part", root);
     TrainConfig c;
@@ -278,9 +279,12 @@ static void test_killed_while_checkpointing(void **s)
         fail_msg("the dead run left epoch %lld's checkpoint, not 1's or 2's",
                  (long long)meta.epoch);
     checkpoint_meta_free(&meta);
-    /* as if it had died mid-write (it may have): its temporary file */
+    /* as if it had died mid-write (it may have): its temporary file, and
+     * one of the algorithm record that the cuda backend writes there */
     snprintf(stale, sizeof stale, "%s.tmp.%ld", ck, (long)pid);
     tu_write_file(stale, "half", 4);
+    snprintf(rstale, sizeof rstale, "%s/cuda-algorithms.json.tmp.%ld", part, (long)pid);
+    tu_write_file(rstale, "{\"ha", 4);
     char outkv[500];
     snprintf(outkv, sizeof outkv, "out=%s", part);
     char *assign[] = {outkv};
@@ -289,6 +293,7 @@ static void test_killed_while_checkpointing(void **s)
     tu_train(&c, TRAIN_DONE);
     tu_assert_same_run(straight, part, &c);
     assert_int_equal(access(stale, F_OK), -1);
+    assert_int_equal(access(rstale, F_OK), -1);
     tu_rmtree(root);
     free(root);
 }
