@@ -8,6 +8,33 @@
 
 #include "census.h"
 
+#if defined(__x86_64__)
+/* fiber.h's switch: push the System V callee-saved registers, swap stacks,
+ * pop them from the other stack, return where it left off */
+asm(R"(
+    .text
+    .globl emu_fiber_switch
+    .type emu_fiber_switch, @function
+emu_fiber_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_fiber_switch, .-emu_fiber_switch
+)");
+#endif
+
 extern "C" int emu_census(const char *name, int *critical)
 {
     int n = 0, c = 0;

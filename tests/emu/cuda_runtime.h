@@ -8,10 +8,10 @@
  * What it models: device memory is host memory, filled with NaN bytes when
  * allocated (a kernel that reads what nobody wrote shows up as NaN), with a
  * fixed capacity so that running out can be tested; a kernel launch runs
- * every thread of every block in turn (threads of a block in descending
- * order, so that a thread that reads its block's shared memory after
- * __syncthreads finds what the higher-numbered threads wrote -- the only
- * pattern cuda.cu uses). Streams, as on a GPU, run their work later:
+ * every block in turn, and a block's threads one after another, each up to
+ * the next __syncthreads, where it waits for the others (fiber.h: as
+ * fibers, in ascending order at one launch and descending at the next, so
+ * that a missing barrier shows). Streams, as on a GPU, run their work later:
  * each launch, copy and library call becomes a node that depends on its
  * stream's previous one and on the events the stream waited for, and a
  * synchronization (of a stream, an event, or the device by a synchronous
@@ -42,6 +42,7 @@
 #include <functional>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 /* device code calls these unqualified, as CUDA provides them */
@@ -61,7 +62,7 @@ struct dim3 {
 
 inline thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
 
-inline void __syncthreads() {}
+#include "fiber.h"
 
 typedef enum {
     cudaSuccess = 0,
@@ -283,7 +284,17 @@ inline void emu_enqueue(cudaStream_t s, std::function<void()> op)
     emu_name = "?";
 }
 
-/* KERNEL(k, grid, block, stream)(args): every thread of every block. */
+/* what the launches so far showed of a kernel */
+struct EmuKernelSeen {
+    int barriers;               /* 0: not launched yet, 1: reaches __syncthreads, 2: does not */
+    unsigned long launches;
+};
+inline std::unordered_map<const void *, EmuKernelSeen> emu_kernels;
+
+/* KERNEL(k, grid, block, stream)(args): every thread of every block; a
+ * block on fibers (fiber.h) for a kernel that reaches __syncthreads, whose
+ * threads then run in ascending order at one such launch, descending at
+ * the next. */
 template <typename... P> struct EmuLaunch {
     void (*k)(P...);
     dim3 grid, block;
@@ -294,21 +305,37 @@ template <typename... P> struct EmuLaunch {
     {
         auto kernel = k;
         dim3 g = grid, b = block;
+        const char *name = emu_name;
         std::tuple<P...> params(args...);
         emu_enqueue(stream, [=]() {
+            EmuKernelSeen &seen = emu_kernels[(const void *)kernel];
+            const bool up = seen.launches++ % 2 == 0;
             gridDim = g;
             blockDim = b;
+            const unsigned n = b.x * b.y * b.z;
+            /* thread i of a block (on fibers, threadIdx is set there) */
+            std::function<void(unsigned)> thread = [&](unsigned) { std::apply(kernel, params); };
+            bool reached = false;
+            emu_barrier_unexpected = false;
             for (unsigned bz = 0; bz < g.z; bz++)
                 for (unsigned by = 0; by < g.y; by++)
                     for (unsigned bx = 0; bx < g.x; bx++) {
                         blockIdx = dim3(bx, by, bz);
-                        for (unsigned tz = b.z; tz-- > 0;)
-                            for (unsigned ty = b.y; ty-- > 0;)
-                                for (unsigned tx = b.x; tx-- > 0;) {
-                                    threadIdx = dim3(tx, ty, tz);
-                                    std::apply(kernel, params);
-                                }
+                        if (seen.barriers != 2)
+                            reached |= emu_block_run(n, thread, up);
+                        else
+                            for (unsigned i = 0; i < n; i++) {
+                                threadIdx = dim3(i % b.x, i / b.x % b.y, i / (b.x * b.y));
+                                std::apply(kernel, params);
+                            }
                     }
+            if (emu_barrier_unexpected) {
+                fprintf(stderr, "emulation: %s reached __syncthreads, which it had not at its "
+                                "first launch (run on fibers)\n", name);
+                abort();
+            }
+            if (seen.barriers == 0)
+                seen.barriers = reached ? 1 : 2;
         });
     }
 };
