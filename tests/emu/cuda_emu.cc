@@ -8,7 +8,7 @@
 
 #include "census.h"
 
-#if defined(__x86_64__)
+#if EMU_FIBER_ASM
 /* fiber.h's switch: push the System V callee-saved registers, swap stacks,
  * pop them from the other stack, return where it left off */
 asm(R"(

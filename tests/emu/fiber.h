@@ -18,7 +18,7 @@
  *
  * The switch is a few instructions of x86-64 assembly (callee-saved
  * registers and the stack pointer, as the System V ABI has them); other
- * machines use ucontext.
+ * machines (or -DEMU_UCONTEXT) use ucontext.
  */
 #ifndef SHAKE_EMU_FIBER_H
 #define SHAKE_EMU_FIBER_H
@@ -31,7 +31,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#if !defined(__x86_64__)
+/* the assembly switch, or ucontext (elsewhere, or with EMU_UCONTEXT) */
+#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
+#define EMU_FIBER_ASM 1
+#else
+#define EMU_FIBER_ASM 0
 #include <ucontext.h>
 #endif
 
@@ -42,7 +46,7 @@
 /* the largest block the kernels launch, and each thread's stack */
 enum { EMU_FIBERS = 1024, EMU_FIBER_STACK = 64 << 10 };
 
-#if defined(__x86_64__)
+#if EMU_FIBER_ASM
 /* saves the callee-saved registers on the current stack and its pointer in
  * *from, then continues on the stack at to (tests/emu/cuda_emu.cc) */
 extern "C" void emu_fiber_switch(void **from, void *to);
@@ -92,7 +96,7 @@ inline void emu_fiber_enter(EmuBlock *b, EmuContext *from, EmuContext *to, const
     (void)b;
     (void)bottom;
 #endif
-#if defined(__x86_64__)
+#if EMU_FIBER_ASM
     emu_fiber_switch(&from->sp, to->sp);
 #else
     swapcontext(&from->uc, &to->uc);
@@ -111,7 +115,7 @@ inline void emu_fiber_yield(EmuBlock *b, bool done = false)
 #else
     (void)done;
 #endif
-#if defined(__x86_64__)
+#if EMU_FIBER_ASM
     emu_fiber_switch(&b->fibers[b->current].ctx.sp, b->host.sp);
 #else
     swapcontext(&b->fibers[b->current].ctx.uc, &b->host.uc);
@@ -139,7 +143,7 @@ inline void emu_fiber_reset(EmuBlock *b, unsigned i)
 {
     char *base = emu_fiber_stack(b, i);
     b->fibers[i].done = false;
-#if defined(__x86_64__)
+#if EMU_FIBER_ASM
     /* emu_fiber_switch pops six registers and returns: to emu_fiber_main,
      * with the stack as a call leaves it (8 past a 16-byte boundary) */
     void **sp = (void **)(base + EMU_FIBER_STACK) - 8;
