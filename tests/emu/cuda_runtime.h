@@ -313,8 +313,7 @@ template <typename... P> struct EmuLaunch {
             gridDim = g;
             blockDim = b;
             const unsigned n = b.x * b.y * b.z;
-            /* thread i of a block (on fibers, threadIdx is set there) */
-            std::function<void(unsigned)> thread = [&](unsigned) { std::apply(kernel, params); };
+            std::function<void()> thread = [&]() { std::apply(kernel, params); };
             bool reached = false;
             emu_barrier_unexpected = false;
             for (unsigned bz = 0; bz < g.z; bz++)
@@ -325,8 +324,8 @@ template <typename... P> struct EmuLaunch {
                             reached |= emu_block_run(n, thread, up);
                         else
                             for (unsigned i = 0; i < n; i++) {
-                                threadIdx = dim3(i % b.x, i / b.x % b.y, i / (b.x * b.y));
-                                std::apply(kernel, params);
+                                threadIdx = emu_thread_idx(i);
+                                thread();
                             }
                     }
             if (emu_barrier_unexpected) {

@@ -68,7 +68,7 @@ struct EmuBlock {
     std::vector<EmuFiber> fibers;
     EmuContext host;                  /* the scheduler's */
     char *stacks;                     /* EMU_FIBERS stacks, each above a guard page */
-    const std::function<void(unsigned)> *thread; /* runs thread i of the block */
+    const std::function<void()> *thread; /* runs the kernel for threadIdx */
     unsigned current;
     bool barrier;                     /* a thread reached __syncthreads */
 #if defined(__SANITIZE_ADDRESS__)
@@ -82,6 +82,12 @@ struct EmuBlock {
 inline thread_local EmuBlock *emu_block;
 /* __syncthreads reached with no block on fibers */
 inline thread_local bool emu_barrier_unexpected;
+
+/* the index of a block's i-th thread, x fastest */
+inline dim3 emu_thread_idx(unsigned i)
+{
+    return dim3(i % blockDim.x, i / blockDim.x % blockDim.y, i / (blockDim.x * blockDim.y));
+}
 
 inline char *emu_fiber_stack(EmuBlock *b, unsigned i)
 {
@@ -132,7 +138,7 @@ inline void emu_fiber_main()
 #if defined(__SANITIZE_ADDRESS__)
     __sanitizer_finish_switch_fiber(NULL, &b->host_bottom, &b->host_size);
 #endif
-    (*b->thread)(b->current);
+    (*b->thread)();
     b->fibers[b->current].done = true;
     emu_fiber_yield(b, true);
     abort();                    /* a finished fiber is never resumed */
@@ -184,12 +190,12 @@ inline EmuBlock *emu_block_get()
 }
 
 /*
- * Runs threads 0..n-1 of one block of blockDim's shape (thread(i) runs the
+ * Runs threads 0..n-1 of one block of blockDim's shape (thread() runs the
  * kernel) as fibers to the end, barrier after barrier: ascending order
  * within each round if up, else descending; threadIdx is each one's while
  * it runs. Returns whether any of them reached __syncthreads.
  */
-inline bool emu_block_run(unsigned n, const std::function<void(unsigned)> &thread, bool up)
+inline bool emu_block_run(unsigned n, const std::function<void()> &thread, bool up)
 {
     if (n > EMU_FIBERS) {
         fprintf(stderr, "emulation: a block of %u threads (at most %d)\n", n, EMU_FIBERS);
@@ -207,8 +213,7 @@ inline bool emu_block_run(unsigned n, const std::function<void(unsigned)> &threa
             if (b->fibers[i].done)
                 continue;
             b->current = i;
-            threadIdx = dim3(i % blockDim.x, i / blockDim.x % blockDim.y,
-                             i / (blockDim.x * blockDim.y));
+            threadIdx = emu_thread_idx(i);
             emu_fiber_enter(b, &b->host, &b->fibers[i].ctx, emu_fiber_stack(b, i));
             left -= b->fibers[i].done;
         }
