@@ -94,19 +94,23 @@ inline char *emu_fiber_stack(EmuBlock *b, unsigned i)
     return b->stacks + (size_t)i * (EMU_FIBER_STACK + 4096) + 4096;
 }
 
-inline void emu_fiber_enter(EmuBlock *b, EmuContext *from, EmuContext *to, const char *bottom)
+/* saves the running context in from and continues at to */
+inline void emu_swap(EmuContext *from, EmuContext *to)
 {
-#if defined(__SANITIZE_ADDRESS__)
-    __sanitizer_start_switch_fiber(&b->fake, bottom, bottom ? EMU_FIBER_STACK : 0);
-#else
-    (void)b;
-    (void)bottom;
-#endif
 #if EMU_FIBER_ASM
     emu_fiber_switch(&from->sp, to->sp);
 #else
     swapcontext(&from->uc, &to->uc);
 #endif
+}
+
+/* from the scheduler to fiber i, until it yields */
+inline void emu_fiber_enter(EmuBlock *b, unsigned i)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_start_switch_fiber(&b->fake, emu_fiber_stack(b, i), EMU_FIBER_STACK);
+#endif
+    emu_swap(&b->host, &b->fibers[i].ctx);
 #if defined(__SANITIZE_ADDRESS__)
     __sanitizer_finish_switch_fiber(b->fake, NULL, NULL);
 #endif
@@ -121,11 +125,7 @@ inline void emu_fiber_yield(EmuBlock *b, bool done = false)
 #else
     (void)done;
 #endif
-#if EMU_FIBER_ASM
-    emu_fiber_switch(&b->fibers[b->current].ctx.sp, b->host.sp);
-#else
-    swapcontext(&b->fibers[b->current].ctx.uc, &b->host.uc);
-#endif
+    emu_swap(&b->fibers[b->current].ctx, &b->host);
 #if defined(__SANITIZE_ADDRESS__)
     __sanitizer_finish_switch_fiber(fake, NULL, NULL);
 #endif
@@ -214,7 +214,7 @@ inline bool emu_block_run(unsigned n, const std::function<void()> &thread, bool 
                 continue;
             b->current = i;
             threadIdx = emu_thread_idx(i);
-            emu_fiber_enter(b, &b->host, &b->fibers[i].ctx, emu_fiber_stack(b, i));
+            emu_fiber_enter(b, i);
             left -= b->fibers[i].done;
         }
     }
