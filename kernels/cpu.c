@@ -1,7 +1,8 @@
 /*
  * The `cpu` backend: oneDNN (2.6) convolutions and batch norms on blocked
- * nChw16c activations, with the shake combination, the shortcut's shift and
- * the head written here. It computes the same function as `ref`.
+ * activations, nChw16c or nChw8c (see channel_block), with the shake
+ * combination, the shortcut's shift and the head written here. It computes
+ * the same function as `ref`.
  *
  * What makes it fast and small:
  * - The two branches of a block run as one network of twice the width: the
@@ -24,8 +25,8 @@
  * - 3x3 stride-1 convs over both branches' input use Winograd where oneDNN
  *   offers it within a memory budget (see conv_plan).
  *
- * Padded channels (C not a multiple of 16) are kept zero by every kernel
- * here, as oneDNN requires of blocked inputs.
+ * Padded channels (C not a multiple of the channel block) are kept zero by
+ * every kernel here, as oneDNN requires of blocked inputs.
  */
 #include <math.h>
 #include <omp.h>
@@ -63,7 +64,7 @@ typedef struct {
     Seg seg[MAX_SEGS];          /* params pieces, concatenated on out channels */
     dnnl_memory_desc_t w_plain; /* oihw or goihw */
     /* Expanded: oneDNN's fast convs want channel counts (per group) that
-     * are multiples of 16 and otherwise fall back to its reference code,
+     * are multiples of the channel block and otherwise fall back to its reference code,
      * far slower than doing some zero work. An expanded conv runs as one
      * dense conv over the padded channel counts (the blocked layout already
      * holds the padding as zeros), its weights block-diagonal (one block per
@@ -118,6 +119,7 @@ typedef struct {
 struct Backend {
     const Model *m;
     int max_n;
+    int cb;                     /* channels a block of the layout holds: 16 or 8 */
     dnnl_engine_t eng;
     dnnl_stream_t stream;
     dnnl_primitive_attr_t attr;
@@ -148,23 +150,47 @@ struct Backend {
     Plan *cur;                  /* plan of the last forward */
 };
 
-static inline int ceil16(int c) { return (c + 15) / 16 * 16; }
-
-/* Offset of (n, c, p) in an nChw16c tensor with cpad channels, hw positions. */
-static inline size_t bidx(int n, int c, int p, int cpad, int hw)
+/*
+ * The channel block of the activations' layout: 16 (nChw16c) where oneDNN
+ * runs AVX-512 code, 8 (nChw8c) elsewhere. oneDNN 2.6's AVX2 and SSE4.1
+ * convolutions and batch norms take nChw8c only; given nChw16c they fall
+ * back to its reference code, some 100x slower. SHAKE_CPU_BLOCK=8 or 16
+ * chooses (the tests run both on any machine). 0 and *e set for a bad value.
+ */
+static int channel_block(Err *e)
 {
-    return ((size_t)(n * (cpad >> 4) + (c >> 4)) * hw + p) * 16 + (c & 15);
+    const char *v = getenv("SHAKE_CPU_BLOCK");
+    if (v && *v) {
+        if (strcmp(v, "8") && strcmp(v, "16"))
+            return err_set(e, "SHAKE_CPU_BLOCK=%s: the channel block is 8 or 16", v), 0;
+        return atoi(v);
+    }
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    return (isa & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core ? 16 : 8;
 }
 
-static size_t act_floats(int n, int c, int h, int w)
+/* c rounded up to whole channel blocks of cb */
+static inline int cpad_of(int c, int cb) { return (c + cb - 1) / cb * cb; }
+
+/* Offset of (n, c, p) in a blocked tensor (channel block cb, a power of 2)
+ * with cpad channels, hw positions. */
+static inline size_t bidx(int n, int c, int p, int cpad, int hw, int cb)
 {
-    return (size_t)n * ceil16(c) * h * w;
+    const int lg = __builtin_ctz((unsigned)cb);
+    return (((size_t)(n * (cpad >> lg) + (c >> lg)) * hw + p) << lg) + (size_t)(c & (cb - 1));
 }
 
-static int act_md(dnnl_memory_desc_t *md, int n, int c, int h, int w, int plain, Err *e)
+static size_t act_floats(const Backend *b, int n, int c, int h, int w)
+{
+    return (size_t)n * cpad_of(c, b->cb) * h * w;
+}
+
+static int act_md(const Backend *b, dnnl_memory_desc_t *md, int n, int c, int h, int w,
+                  int plain, Err *e)
 {
     dnnl_dims_t d = {n, c, h, w};
-    DN(dnnl_memory_desc_init_by_tag(md, 4, d, dnnl_f32, plain ? dnnl_nchw : dnnl_nChw16c));
+    DN(dnnl_memory_desc_init_by_tag(md, 4, d, dnnl_f32,
+                                    plain ? dnnl_nchw : b->cb == 16 ? dnnl_nChw16c : dnnl_nChw8c));
     return 0;
 }
 
@@ -258,8 +284,8 @@ static int conv_plan_alg(Backend *b, ConvPlan *cp, const Conv *c, int n, dnnl_al
                          size_t *spad, size_t *wsize, Err *e)
 {
     dnnl_memory_desc_t src, dst, wany;
-    if (act_md(&src, n, c->cin_p, c->ih, c->iw, c->src_plain, e) ||
-        act_md(&dst, n, c->cout_p, c->oh, c->ow, 0, e))
+    if (act_md(b, &src, n, c->cin_p, c->ih, c->iw, c->src_plain, e) ||
+        act_md(b, &dst, n, c->cout_p, c->oh, c->ow, 0, e))
         return -1;
     if (c->groups > 1) {
         dnnl_dims_t wd = {c->groups, c->cout_p / c->groups, c->cin_p / c->groups, c->k, c->k};
@@ -333,7 +359,7 @@ static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spa
 static int bn_plan(Backend *b, BnPlan *bp, const Bn *bn, int n, size_t *spad, Err *e)
 {
     dnnl_memory_desc_t d;
-    if (act_md(&d, n, bn->c, bn->h, bn->w, 0, e))
+    if (act_md(b, &d, n, bn->c, bn->h, bn->w, 0, e))
         return -1;
     unsigned flags = dnnl_use_scale | dnnl_use_shift | (bn->relu ? dnnl_fuse_norm_relu : 0);
     dnnl_batch_normalization_desc_t fd, id, bd;
@@ -563,7 +589,7 @@ static int bn_backward(Backend *b, int bi, float *dx, const float *dy, const flo
     return 0;
 }
 
-/* ---- Elementwise kernels on nChw16c -------------------------------------- */
+/* ---- Elementwise kernels on the blocked layout (channel block cb) ------- */
 
 /* out = max(0, in); count covers the padded tensor. out may alias in. */
 static void k_relu(float *out, const float *in, size_t count)
@@ -573,9 +599,21 @@ static void k_relu(float *out, const float *in, size_t count)
         out[i] = in[i] > 0.0f ? in[i] : 0.0f;
 }
 
+/* one channel block of hw positions: out = max(0, in * s + t), s and t
+ * the block's cb channels' (inlined with cb a constant) */
+static inline void bn_relu_block(float *out, const float *in, const float *s, const float *t,
+                                 int hw, int cb)
+{
+    for (int p = 0; p < hw; p++)
+        for (int l = 0; l < cb; l++) {
+            float v = in[(size_t)p * cb + l] * s[l] + t[l];
+            out[(size_t)p * cb + l] = v > 0.0f ? v : 0.0f;
+        }
+}
+
 /* out = max(0, in * s[c] + t[c]) with s, t from the saved batch statistics:
  * the ReLU'd batch-norm output of the forward pass, recomputed. */
-static void k_bn_relu(float *out, const float *in, Bn *bn, int n)
+static void k_bn_relu(float *out, const float *in, Bn *bn, int n, int cb)
 {
     float *s = bn->as, *t = bn->at;
     for (int c = 0; c < bn->cpad; c++) {
@@ -586,17 +624,15 @@ static void k_bn_relu(float *out, const float *in, Bn *bn, int n)
             s[c] = t[c] = 0.0f;
         }
     }
-    int cb = bn->cpad / 16, hw = bn->h * bn->w;
+    int nb = bn->cpad / cb, hw = bn->h * bn->w;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < cb; j++) {
-            size_t base = ((size_t)i * cb + j) * hw * 16;
-            const float *sj = s + 16 * j, *tj = t + 16 * j;
-            for (int p = 0; p < hw; p++)
-                for (int l = 0; l < 16; l++) {
-                    float v = in[base + (size_t)p * 16 + l] * sj[l] + tj[l];
-                    out[base + (size_t)p * 16 + l] = v > 0.0f ? v : 0.0f;
-                }
+        for (int j = 0; j < nb; j++) {
+            size_t base = ((size_t)i * nb + j) * hw * cb;
+            if (cb == 16)
+                bn_relu_block(out + base, in + base, s + 16 * j, t + 16 * j, hw, 16);
+            else
+                bn_relu_block(out + base, in + base, s + 8 * j, t + 8 * j, hw, 8);
         }
 }
 
@@ -605,18 +641,18 @@ static void k_bn_relu(float *out, const float *in, Bn *bn, int n)
  * NULL); store = relu(pre); pre_out (may be NULL) = pre. B has 2C channels.
  */
 static void k_combine(float *pre_out, float *store, const float *sc, const float *B,
-                      const float *alpha, int n, int C, int hw)
+                      const float *alpha, int n, int C, int hw, int cb)
 {
-    int cp = ceil16(C), cp2 = ceil16(2 * C), cb = cp / 16;
-    if (C % 16 == 0) {
+    int cp = cpad_of(C, cb), cp2 = cpad_of(2 * C, cb), nb = cp / cb;
+    if (C % cb == 0) {
 #pragma omp parallel for collapse(2) schedule(static)
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < cb; j++) {
+            for (int j = 0; j < nb; j++) {
                 float a = alpha ? alpha[i] : 0.5f, a2 = 1.0f - a;
-                size_t o = ((size_t)i * cb + j) * hw * 16;
-                const float *b1 = B + ((size_t)i * 2 * cb + j) * hw * 16;
-                const float *b2 = B + ((size_t)i * 2 * cb + j + cb) * hw * 16;
-                for (int q = 0; q < hw * 16; q++) {
+                size_t o = ((size_t)i * nb + j) * hw * cb;
+                const float *b1 = B + ((size_t)i * 2 * nb + j) * hw * cb;
+                const float *b2 = B + ((size_t)i * 2 * nb + j + nb) * hw * cb;
+                for (int q = 0; q < hw * cb; q++) {
                     float v = sc[o + q] + a * b1[q] + a2 * b2[q];
                     if (pre_out)
                         pre_out[o + q] = v;
@@ -630,10 +666,11 @@ static void k_combine(float *pre_out, float *store, const float *sc, const float
         float a = alpha ? alpha[i] : 0.5f, a2 = 1.0f - a;
         for (int c = 0; c < cp; c++)
             for (int p = 0; p < hw; p++) {
-                size_t o = bidx(i, c, p, cp, hw);
+                size_t o = bidx(i, c, p, cp, hw, cb);
                 float v = 0.0f;
                 if (c < C)
-                    v = sc[o] + a * B[bidx(i, c, p, cp2, hw)] + a2 * B[bidx(i, C + c, p, cp2, hw)];
+                    v = sc[o] + a * B[bidx(i, c, p, cp2, hw, cb)] +
+                        a2 * B[bidx(i, C + c, p, cp2, hw, cb)];
                 if (pre_out)
                     pre_out[o] = v;
                 store[o] = v > 0.0f ? v : 0.0f;
@@ -643,18 +680,18 @@ static void k_combine(float *pre_out, float *store, const float *sc, const float
 
 /* G[:, :C] = beta*g, G[:, C:] = (1-beta)*g per image: the gradient reaching
  * the two branches (beta = 0.5 when NULL). */
-static void k_split(float *G, const float *g, const float *beta, int n, int C, int hw)
+static void k_split(float *G, const float *g, const float *beta, int n, int C, int hw, int cb)
 {
-    int cp = ceil16(C), cp2 = ceil16(2 * C), cb = cp / 16;
-    if (C % 16 == 0) {
+    int cp = cpad_of(C, cb), cp2 = cpad_of(2 * C, cb), nb = cp / cb;
+    if (C % cb == 0) {
 #pragma omp parallel for collapse(2) schedule(static)
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < cb; j++) {
+            for (int j = 0; j < nb; j++) {
                 float bt = beta ? beta[i] : 0.5f, b2 = 1.0f - bt;
-                const float *gi = g + ((size_t)i * cb + j) * hw * 16;
-                float *g1 = G + ((size_t)i * 2 * cb + j) * hw * 16;
-                float *g2 = G + ((size_t)i * 2 * cb + j + cb) * hw * 16;
-                for (int q = 0; q < hw * 16; q++) {
+                const float *gi = g + ((size_t)i * nb + j) * hw * cb;
+                float *g1 = G + ((size_t)i * 2 * nb + j) * hw * cb;
+                float *g2 = G + ((size_t)i * 2 * nb + j + nb) * hw * cb;
+                for (int q = 0; q < hw * cb; q++) {
                     g1[q] = bt * gi[q];
                     g2[q] = b2 * gi[q];
                 }
@@ -668,10 +705,10 @@ static void k_split(float *G, const float *g, const float *beta, int n, int C, i
             for (int p = 0; p < hw; p++) {
                 float v = 0.0f;
                 if (c < C)
-                    v = bt * g[bidx(i, c, p, cp, hw)];
+                    v = bt * g[bidx(i, c, p, cp, hw, cb)];
                 else if (c < 2 * C)
-                    v = (1.0f - bt) * g[bidx(i, c - C, p, cp, hw)];
-                G[bidx(i, c, p, cp2, hw)] = v;
+                    v = (1.0f - bt) * g[bidx(i, c - C, p, cp, hw, cb)];
+                G[bidx(i, c, p, cp2, hw, cb)] = v;
             }
     }
 }
@@ -712,9 +749,9 @@ static inline int shifted(int o, int s, int shift)
  * stride s (avg-pool 1x1); P[:, cin:] = the shifted input subsampled.
  */
 static void k_gather(float *P, const float *in, int n, int cin, int ih, int iw, int oh,
-                     int ow, int s, int shift)
+                     int ow, int s, int shift, int cb)
 {
-    int cpi = ceil16(cin), cpp = ceil16(2 * cin), ihw = ih * iw, ohw = oh * ow;
+    int cpi = cpad_of(cin, cb), cpp = cpad_of(2 * cin, cb), ihw = ih * iw, ohw = oh * ow;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int i = 0; i < n; i++)
         for (int c = 0; c < cpp; c++)
@@ -722,32 +759,32 @@ static void k_gather(float *P, const float *in, int n, int cin, int ih, int iw, 
                 for (int x = 0; x < ow; x++) {
                     float v = 0.0f;
                     if (c < cin) {
-                        v = in[bidx(i, c, y * s * iw + x * s, cpi, ihw)];
+                        v = in[bidx(i, c, y * s * iw + x * s, cpi, ihw, cb)];
                     } else if (c < 2 * cin) {
                         int sy = shifted(y, s, shift), sx = shifted(x, s, shift);
                         if (sy >= 0 && sy < ih && sx >= 0 && sx < iw)
-                            v = in[bidx(i, c - cin, sy * iw + sx, cpi, ihw)];
+                            v = in[bidx(i, c - cin, sy * iw + sx, cpi, ihw, cb)];
                     }
-                    P[bidx(i, c, y * ow + x, cpp, ohw)] = v;
+                    P[bidx(i, c, y * ow + x, cpp, ohw, cb)] = v;
                 }
 }
 
 /* dR += the gradient of k_gather's input given dP. */
 static void k_scatter(float *dR, const float *dP, int n, int cin, int ih, int iw, int oh,
-                      int ow, int s, int shift)
+                      int ow, int s, int shift, int cb)
 {
-    int cpi = ceil16(cin), cpp = ceil16(2 * cin), ihw = ih * iw, ohw = oh * ow;
+    int cpi = cpad_of(cin, cb), cpp = cpad_of(2 * cin, cb), ihw = ih * iw, ohw = oh * ow;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int i = 0; i < n; i++)
         for (int c = 0; c < cin; c++)
             for (int y = 0; y < oh; y++)
                 for (int x = 0; x < ow; x++) {
-                    dR[bidx(i, c, y * s * iw + x * s, cpi, ihw)] +=
-                        dP[bidx(i, c, y * ow + x, cpp, ohw)];
+                    dR[bidx(i, c, y * s * iw + x * s, cpi, ihw, cb)] +=
+                        dP[bidx(i, c, y * ow + x, cpp, ohw, cb)];
                     int sy = shifted(y, s, shift), sx = shifted(x, s, shift);
                     if (sy >= 0 && sy < ih && sx >= 0 && sx < iw)
-                        dR[bidx(i, c, sy * iw + sx, cpi, ihw)] +=
-                            dP[bidx(i, cin + c, y * ow + x, cpp, ohw)];
+                        dR[bidx(i, c, sy * iw + sx, cpi, ihw, cb)] +=
+                            dP[bidx(i, cin + c, y * ow + x, cpp, ohw, cb)];
                 }
 }
 
@@ -775,12 +812,13 @@ static int add_conv(Backend *b, const ConvDesc *d, int cin, int cout, int groups
     c->orig_groups = groups;
     c->cin_p = cin;
     c->cout_p = cout;
-    if ((groups > 1 && ((cin / groups) % 16 || (cout / groups) % 16)) ||
-        (groups == 1 && !src_plain && (cin % 16 || cout % 16))) {
+    const int cb = b->cb;
+    if ((groups > 1 && ((cin / groups) % cb || (cout / groups) % cb)) ||
+        (groups == 1 && !src_plain && (cin % cb || cout % cb))) {
         c->expand = 1;
         c->groups = groups = 1;
-        c->cin_p = (cin + 15) / 16 * 16;
-        c->cout_p = (cout + 15) / 16 * 16;
+        c->cin_p = cpad_of(cin, cb);
+        c->cout_p = cpad_of(cout, cb);
     }
     need(&b->wmax, (size_t)c->cout_p * (c->cin_p / groups) * c->k * c->k);
     if (groups > 1) {
@@ -799,7 +837,7 @@ static int add_bn(Backend *b, const BnDesc *d, const BnDesc *second, int h, int 
     Bn *bn = &b->bn[b->nbn];
     bn->nseg = second ? 2 : 1;
     bn->c = d->c * bn->nseg;
-    bn->cpad = ceil16(bn->c);
+    bn->cpad = cpad_of(bn->c, b->cb);
     bn->h = h;
     bn->w = w;
     bn->relu = relu;
@@ -872,8 +910,8 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
     b->stem_bn = add_bn(b, &m->stem_bn, NULL, s->in_h, s->in_w, 0, e);
     if (b->stem_bn < 0)
         return -1;
-    need(&narrow, act_floats(N, m->stem_conv.cout, s->in_h, s->in_w));
-    need(&wide, act_floats(N, m->stem_conv.cout, s->in_h, s->in_w));
+    need(&narrow, act_floats(b, N, m->stem_conv.cout, s->in_h, s->in_w));
+    need(&wide, act_floats(b, N, m->stem_conv.cout, s->in_h, s->in_w));
 
     b->blk = calloc((size_t)m->nblocks, sizeof *b->blk);
     if (!b->blk)
@@ -894,10 +932,10 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
                               j < d->nconv - 1, e);
             if (B->conv[j] < 0 || B->bn[j] < 0)
                 return -1;
-            if (!(B->c[j] = mem_alloc(act_floats(N, B->ch[j], c0->oh, c0->ow) * sizeof(float),
+            if (!(B->c[j] = mem_alloc(act_floats(b, N, B->ch[j], c0->oh, c0->ow) * sizeof(float),
                                       "stored activations", e)))
                 return -1;
-            need(&wide, act_floats(N, B->ch[j], c0->oh, c0->ow));
+            need(&wide, act_floats(b, N, B->ch[j], c0->oh, c0->ow));
             cin = B->ch[j];
         }
         if (d->proj) {
@@ -905,25 +943,25 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
                 B->sc_conv = add_conv(b, &d->sc[0], 2 * d->cin, d->cout, 2, &d->sc[1], 0, e);
                 /* the backward pass holds the gathered input and the
                  * recomputed conv output side by side */
-                need(&wide, act_floats(N, 2 * d->cin, d->oh, d->ow) +
-                                act_floats(N, d->cout, d->oh, d->ow));
+                need(&wide, act_floats(b, N, 2 * d->cin, d->oh, d->ow) +
+                                act_floats(b, N, d->cout, d->oh, d->ow));
             } else {
                 B->sc_conv = add_conv(b, &d->sc[0], d->cin, d->cout, 1, NULL, 0, e);
             }
             B->sc_bn = add_bn(b, &d->sc_bn, NULL, d->oh, d->ow, 0, e);
             if (B->sc_conv < 0 || B->sc_bn < 0)
                 return -1;
-            need(&wide, act_floats(N, d->cout, d->oh, d->ow));
+            need(&wide, act_floats(b, N, d->cout, d->oh, d->ow));
         }
-        if (!(B->in = mem_alloc(act_floats(N, d->cin, d->ih, d->iw) * sizeof(float),
+        if (!(B->in = mem_alloc(act_floats(b, N, d->cin, d->ih, d->iw) * sizeof(float),
                                 "stored activations", e)))
             return -1;
-        need(&narrow, act_floats(N, d->cin, d->ih, d->iw));
-        need(&narrow, act_floats(N, d->cout, d->oh, d->ow));
+        need(&narrow, act_floats(b, N, d->cin, d->ih, d->iw));
+        need(&narrow, act_floats(b, N, d->cout, d->oh, d->ow));
     }
     size_t img = (size_t)s->in_c * s->in_h * s->in_w;
     if (!(b->xin = mem_alloc((size_t)N * img * sizeof(float), "input batch", e)) ||
-        !(b->head_in = mem_alloc(act_floats(N, m->fc_in, m->feat_h, m->feat_w) * sizeof(float),
+        !(b->head_in = mem_alloc(act_floats(b, N, m->fc_in, m->feat_h, m->feat_w) * sizeof(float),
                                  "stored activations", e)) ||
         !(b->feat = mem_alloc((size_t)N * m->fc_in * sizeof(float), "features", e)) ||
         !(b->dfeat = mem_alloc((size_t)N * m->fc_in * sizeof(float), "features", e)) ||
@@ -968,6 +1006,10 @@ static Backend *cpu_create(const Model *m, const BackendOptions *o, Err *e)
     }
     b->m = m;
     b->max_n = o->max_batch;
+    if (!(b->cb = channel_block(e))) {
+        free(b);
+        return NULL;
+    }
     if (cpu_setup(b, m, o->max_batch, e)) {
         cpu_destroy(b);
         return NULL;
@@ -1020,7 +1062,7 @@ static int cpu_forward(Backend *b, float *logits, const float *x, const float *a
     if (conv_forward(b, b->stem_conv, b->A, b->xin, e) ||
         bn_forward(b, b->stem_bn, b->Y, b->A, n, train, e))
         return -1;
-    k_relu(b->blk[0].in, b->Y, act_floats(n, m->stem_conv.cout, s->in_h, s->in_w));
+    k_relu(b->blk[0].in, b->Y, act_floats(b, n, m->stem_conv.cout, s->in_h, s->in_w));
     for (int i = 0; i < m->nblocks; i++) {
         Block *B = &b->blk[i];
         const BlockDesc *d = B->d;
@@ -1036,7 +1078,7 @@ static int cpu_forward(Backend *b, float *logits, const float *x, const float *a
             const float *scin = B->in;
             if (s->arch == ARCH_RESNET) {
                 k_gather(b->G, B->in, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride,
-                         s->shift);
+                         s->shift, b->cb);
                 scin = b->G;
             }
             /* The conv output is not kept (the backward pass recomputes it);
@@ -1050,16 +1092,16 @@ static int cpu_forward(Backend *b, float *logits, const float *x, const float *a
         }
         float *store = i + 1 < m->nblocks ? b->blk[i + 1].in : b->head_in;
         k_combine(post ? NULL : b->Y, store, sc, b->A, train ? alpha + (size_t)i * n : NULL, n,
-                  d->cout, d->oh * d->ow);
+                  d->cout, d->oh * d->ow, b->cb);
     }
     /* head: global average pool of the stored ReLU'd output, then fc */
-    int C = m->fc_in, hw = m->feat_h * m->feat_w, cp = ceil16(C), K = s->classes;
+    int C = m->fc_in, hw = m->feat_h * m->feat_w, cp = cpad_of(C, b->cb), K = s->classes;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++)
         for (int c = 0; c < C; c++) {
             float acc = 0.0f;
             for (int p = 0; p < hw; p++)
-                acc += b->head_in[bidx(i, c, p, cp, hw)];
+                acc += b->head_in[bidx(i, c, p, cp, hw, b->cb)];
             b->feat[(size_t)i * C + c] = acc / hw;
         }
     const float *W = b->params + m->fc_w, *bias = b->params + m->fc_b;
@@ -1080,7 +1122,7 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
     if (!b->cur || b->cur->n != n)
         return err_set(e, "backward of %d images without a training forward of them", n);
     int post = s->arch == ARCH_RESNEXT;
-    int C = m->fc_in, hw = m->feat_h * m->feat_w, cp = ceil16(C), K = s->classes;
+    int C = m->fc_in, hw = m->feat_h * m->feat_w, cp = cpad_of(C, b->cb), K = s->classes;
     float *dW = b->grads + m->fc_w, *db = b->grads + m->fc_b;
     const float *W = b->params + m->fc_w;
     for (int k = 0; k < K; k++) {
@@ -1111,7 +1153,7 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
     for (int i = 0; i < n; i++)
         for (int c = 0; c < cp; c++)
             for (int p = 0; p < hw; p++) {
-                size_t o = bidx(i, c, p, cp, hw);
+                size_t o = bidx(i, c, p, cp, hw, b->cb);
                 g[o] = c < C && b->head_in[o] > 0.0f ? b->dfeat[(size_t)i * C + c] : 0.0f;
             }
     /* Each block turns the gradient in Y (gy, of its output) into the
@@ -1120,7 +1162,7 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
         Block *B = &b->blk[i];
         const BlockDesc *d = B->d;
         float *gy = b->Y, *Gb = b->G, *Ab = b->A;
-        k_split(Gb, gy, beta ? beta + (size_t)i * n : NULL, n, d->cout, d->oh * d->ow);
+        k_split(Gb, gy, beta ? beta + (size_t)i * n : NULL, n, d->cout, d->oh * d->ow, b->cb);
         for (int j = B->nconv - 1; j >= 0; j--) {
             if (bn_backward(b, B->bn[j], Gb, Gb, B->c[j], e))
                 return -1;
@@ -1128,7 +1170,7 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
             if (j > 0) {
                 Bn *prev = &b->bn[B->bn[j - 1]];
                 bn_pack(b, prev, 0);
-                k_bn_relu(Ab, B->c[j - 1], prev, n);
+                k_bn_relu(Ab, B->c[j - 1], prev, n, b->cb);
                 src = Ab;
             }
             /* the recomputed input is dead after the weight gradient, so its
@@ -1142,7 +1184,7 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
         }
         /* Gb: dR, the gradient of the block input from both branches; Ab is free */
         float *dR = Gb;
-        size_t count = act_floats(n, d->cin, d->ih, d->iw);
+        size_t count = act_floats(b, n, d->cin, d->ih, d->iw);
         if (d->proj) {
             /* Recompute the shortcut conv output, then its batch norm's
              * gradient in place of gy: a projection block has no further use
@@ -1152,9 +1194,9 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
             float *scc = Ab;
             if (s->arch == ARCH_RESNET) {
                 k_gather(Ab, B->in, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride,
-                         s->shift);
+                         s->shift, b->cb);
                 scin = Ab;
-                scc = Ab + act_floats(n, 2 * d->cin, d->oh, d->ow);
+                scc = Ab + act_floats(b, n, 2 * d->cin, d->oh, d->ow);
             }
             if (conv_forward(b, B->sc_conv, scc, scin, e) ||
                 bn_backward(b, B->sc_bn, gy, gy, scc, e) ||
@@ -1162,7 +1204,8 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
                 conv_backward_data(b, B->sc_conv, Ab, gy, e))
                 return -1;
             if (s->arch == ARCH_RESNET)
-                k_scatter(dR, Ab, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride, s->shift);
+                k_scatter(dR, Ab, n, d->cin, d->ih, d->iw, d->oh, d->ow, d->stride, s->shift,
+                          b->cb);
             else
                 k_add(dR, Ab, count);
             k_mask(b->Y, NULL, B->in, dR, count, post);
@@ -1188,13 +1231,12 @@ static int cpu_update(Backend *b, float lr, float momentum, float wd, Err *e)
 /* OpenMP's thread count as cpu_create set it (process-wide) */
 static void cpu_describe(const Backend *be, char *buf, size_t len)
 {
-    (void)be;
     char cpu[300];
     host_cpu(cpu, sizeof cpu);
     const dnnl_version_t *v = dnnl_version();
     const int t = omp_get_max_threads();
-    snprintf(buf, len, "%s, with oneDNN %d.%d.%d, %d thread%s", cpu, v->major, v->minor,
-             v->patch, t, t == 1 ? "" : "s");
+    snprintf(buf, len, "%s, with oneDNN %d.%d.%d on nChw%dc, %d thread%s", cpu, v->major,
+             v->minor, v->patch, be->cb, t, t == 1 ? "" : "s");
 }
 
 const BackendOps backend_cpu = {

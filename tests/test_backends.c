@@ -2,9 +2,11 @@
  * The cpu backend against `ref` (the comparison of backend_compare.h; the
  * cuda backend runs it in test_cuda.c) on small networks of both block
  * types, both shifts, odd image sizes and channel counts that are and are
- * not multiples of 16 (oneDNN pads blocked layouts): forward logits in
- * training and evaluation mode, the updated running statistics, every
- * parameter gradient, and the parameters after a few SGD steps.
+ * not multiples of 8 and 16 (oneDNN pads blocked layouts): forward logits
+ * in training and evaluation mode, the updated running statistics, every
+ * parameter gradient, and the parameters after a few SGD steps. The cpu
+ * backend runs each case on both of its layouts, nChw16c (AVX-512) and
+ * nChw8c (AVX2 and older), whichever this machine would pick.
  *
  * Tolerance: float32 with different summation orders (oneDNN's blocked
  * convolutions and batch-norm reductions vs ref's double accumulation)
@@ -36,7 +38,16 @@ static const CompareCase cases[] = {
      5, SHAKE_SHAKE, SHAKE_SHAKE, LEVEL_IMAGE},
     {"resnext d11 g2 w16 8x8", {ARCH_RESNEXT, 11, 16, 2, 10, 3, 8, 8, SHIFT_ORIGINAL}, 4,
      SHAKE_SHAKE, SHAKE_SHAKE, LEVEL_IMAGE},
+    {"resnet d8 w24 8x8 (multiples of 8, not 16)", {ARCH_RESNET, 8, 24, 1, 10, 3, 8, 8,
+     SHIFT_ORIGINAL}, 4, SHAKE_SHAKE, SHAKE_SHAKE, LEVEL_IMAGE},
+    {"resnext d11 g2 w8 8x8 (groups of 8)", {ARCH_RESNEXT, 11, 8, 2, 10, 3, 8, 8,
+     SHIFT_ORIGINAL}, 4, SHAKE_SHAKE, SHAKE_SHAKE, LEVEL_IMAGE},
 };
+
+/* the cpu backend's layouts (SHAKE_CPU_BLOCK), as its description names them */
+static const struct {
+    const char *block, *layout;
+} layouts[] = {{"8", "on nChw8c"}, {"16", "on nChw16c"}};
 
 static const BackendOptions float32_2threads = {.max_batch = 0, .threads = 2, .device = 0,
                                                 .precision = PRECISION_FP32};
@@ -48,8 +59,46 @@ static void test_backend(void **ctx)
     if (!ops)
         skip();
     const CompareTol tol = {1e-4, 1e-3};
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        compare_case(ops, &float32_2threads, &cases[i], &tol);
+    for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
+        setenv("SHAKE_CPU_BLOCK", layouts[l].block, 1);
+        print_message("SHAKE_CPU_BLOCK=%s\n", layouts[l].block);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            compare_case(ops, &float32_2threads, &cases[i], &tol);
+    }
+    unsetenv("SHAKE_CPU_BLOCK");
+}
+
+/* SHAKE_CPU_BLOCK picks the layout (the description names it), and a
+ * value that is not a layout is an error naming it. */
+static void test_cpu_layout(void **ctx)
+{
+    (void)ctx;
+    const BackendOps *ops = backend_find("cpu");
+    if (!ops)
+        skip();
+    Model m;
+    tu_model(&m, &cases[0].spec);
+    BackendOptions o = float32_2threads;
+    o.max_batch = 4;
+    char hw[600];
+    for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
+        setenv("SHAKE_CPU_BLOCK", layouts[l].block, 1);
+        Backend *be = compare_create(ops, &m, &o, 4);
+        ops->describe(be, hw, sizeof hw);
+        if (!strstr(hw, layouts[l].layout))
+            fail_msg("SHAKE_CPU_BLOCK=%s: \"%s\" does not say \"%s\"", layouts[l].block, hw,
+                     layouts[l].layout);
+        ops->destroy(be);
+    }
+    setenv("SHAKE_CPU_BLOCK", "12", 1);
+    Err e = {{0}};
+    Backend *be = ops->create(&m, &o, &e);
+    unsetenv("SHAKE_CPU_BLOCK");
+    if (be)
+        fail_msg("SHAKE_CPU_BLOCK=12 made a backend");
+    if (!strstr(e.msg, "SHAKE_CPU_BLOCK=12"))
+        fail_msg("unclear error: %s", e.msg);
+    model_free(&m);
 }
 
 /* A mismatch must be caught: perturb one gradient value through a wrong
@@ -127,6 +176,7 @@ int main(void)
         cmocka_unit_test_prestate(test_backend, (void *)cpu),
         cmocka_unit_test(test_detects_wrong_beta),
         cmocka_unit_test(test_describe),
+        cmocka_unit_test(test_cpu_layout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
