@@ -123,6 +123,9 @@ static const int THREADS = 256;
  * CPU emulation the tests build this file with (tests/emu) can run it too. */
 #ifndef SHAKE_CUDA_EMU
 #define KERNEL(k, grid, block, stream) k<<<(grid), (block), 0, (stream)>>>
+/* names a __shared__ array for the emulation, which starts each block with
+ * it poisoned; nothing here */
+#define EMU_SHARED(a) ((void)0)
 #endif
 
 static unsigned blocks_for(size_t count)
@@ -730,6 +733,8 @@ __global__ void bn_stats_partial_kernel(double *part, const T *x, size_t rows, i
                                         int chunks)
 {
     __shared__ double s1[BN_TY][BN_TX], s2[BN_TY][BN_TX];
+    EMU_SHARED(s1);
+    EMU_SHARED(s2);
     const int ch = blockIdx.x * BN_TX + threadIdx.x;
     const size_t per = (rows + chunks - 1) / chunks;
     const size_t r0 = blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
@@ -767,6 +772,8 @@ __global__ void bn_grad_partial_kernel(double *part, DySource<T> src, const T *x
                                        const float *mean, size_t rows, int c, int ld, int chunks)
 {
     __shared__ double s1[BN_TY][BN_TX], s2[BN_TY][BN_TX];
+    EMU_SHARED(s1);
+    EMU_SHARED(s2);
     const int ch = blockIdx.x * BN_TX + threadIdx.x;
     const size_t per = (rows + chunks - 1) / chunks;
     const size_t r0 = blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
@@ -825,6 +832,7 @@ __global__ void bn_grad_packed_kernel(double *part, DySource<typename P::T> src,
 {
     enum { V = P::V };
     __shared__ double sh[BN_PACK_THREADS * 2 * V];
+    EMU_SHARED(sh);
     const int G = c / V, R = blockDim.x / G;
     const int t = threadIdx.x, g = t % G, r0 = t / G;
     const size_t per = (rows + chunks - 1) / chunks;
@@ -905,6 +913,8 @@ __device__ __forceinline__ bool bn_chunk_sums(double *a, double *b, const double
                                               int chunks, int c)
 {
     __shared__ double s1[BN_FY][BN_TX], s2[BN_FY][BN_TX];
+    EMU_SHARED(s1);
+    EMU_SHARED(s2);
     const int ch = blockIdx.x * BN_TX + threadIdx.x;
     double x = 0.0, y = 0.0;
     if (ch < c)
@@ -2201,6 +2211,26 @@ static int create_body(Backend *be, const BackendOptions *o, Err *e)
              dv % 10000 / 100, dv % 100);
     be->sms = prop.multiProcessorCount;
     be->gpu_bytes = prop.totalGlobalMem;
+    /* A GPU older than every architecture the build has code for (SASS
+     * runs on later minors of its major, PTX on anything later) would fail
+     * at the first launch, "no kernel image"; bf16 arithmetic and cuDNN's
+     * bf16 convolutions need compute capability 8.0. Say so here, and what
+     * to do instead. */
+    cudaFuncAttributes fa;
+    const cudaError_t image = cudaFuncGetAttributes(&fa, (const void *)fill_kernel);
+    if (image != cudaSuccess) {
+        cudaGetLastError();
+        return err_set(e, "cuda backend: %s (compute capability %d.%d) cannot run this build's "
+                          "kernels (%s): it has code for CUDA architectures %s; configure with "
+                          "-DCMAKE_CUDA_ARCHITECTURES=%d%d (or 'native') and build again",
+                       prop.name, prop.major, prop.minor, cudaGetErrorString(image),
+                       SHAKE_CUDA_ARCHS, prop.major, prop.minor);
+    }
+    if (o->precision == PRECISION_BF16 && prop.major < 8)
+        return err_set(e, "cuda backend: precision=bf16 needs a GPU of compute capability 8.0 "
+                          "or later (A100, H100, RTX 30xx and later); %s is %d.%d: use "
+                          "precision=fp32",
+                       prop.name, prop.major, prop.minor);
     if (o->algo_record) {
         if (!(be->rec = algo_record_open(o->algo_record, o->algo_record_seed, e)))
             return -1;

@@ -600,6 +600,57 @@ static void test_resume_exact_bf16(void **ctx)
     cuda_resume("bf16", 6);
 }
 
+#ifdef SHAKE_CUDA_EMU
+/*
+ * A GPU the build has no code for, and bf16 on one older than compute
+ * capability 8.0: create says which GPU and what to do (the emulation's
+ * SHAKE_EMU_SM is the GPU's, SHAKE_EMU_BUILD_SM the oldest the build has
+ * code for); where both fit, create succeeds.
+ */
+static void test_unsupported_gpu(void **ctx)
+{
+    (void)ctx;
+    const ModelSpec spec = {ARCH_RESNET, 8, 16, 1, 10, 3, 8, 8, SHIFT_ORIGINAL};
+    Model m;
+    tu_model(&m, &spec);
+    static const struct {
+        const char *sm, *build_sm;
+        Precision prec;
+        const char *says[3];    /* all in the error; none: create succeeds */
+    } gpus[] = {
+        {"75", NULL, PRECISION_FP32,
+         {"compute capability 7.5", "architectures 80,90", "-DCMAKE_CUDA_ARCHITECTURES=75"}},
+        {"70", NULL, PRECISION_BF16, {"compute capability 7.0", "no kernel image", NULL}},
+        {"75", "75", PRECISION_BF16, {"precision=bf16 needs", "is 7.5", "precision=fp32"}},
+        {"75", "75", PRECISION_FP32, {NULL}},
+        {"86", NULL, PRECISION_BF16, {NULL}},
+    };
+    for (size_t i = 0; i < sizeof gpus / sizeof gpus[0]; i++) {
+        setenv("SHAKE_EMU_SM", gpus[i].sm, 1);
+        if (gpus[i].build_sm)
+            setenv("SHAKE_EMU_BUILD_SM", gpus[i].build_sm, 1);
+        BackendOptions o = {.max_batch = 4, .threads = 2, .device = 0,
+                            .precision = gpus[i].prec};
+        Err e = {{0}};
+        Backend *be = cuda->create(&m, &o, &e);
+        unsetenv("SHAKE_EMU_SM");
+        unsetenv("SHAKE_EMU_BUILD_SM");
+        if (!gpus[i].says[0]) {
+            if (!be)
+                fail_msg("case %zu: sm %s: %s", i, gpus[i].sm, e.msg);
+            cuda->destroy(be);
+            continue;
+        }
+        if (be)
+            fail_msg("case %zu: sm %s: created where it should not be", i, gpus[i].sm);
+        for (int k = 0; k < 3 && gpus[i].says[k]; k++)
+            if (!strstr(e.msg, gpus[i].says[k]))
+                fail_msg("case %zu: error without \"%s\": %s", i, gpus[i].says[k], e.msg);
+    }
+    model_free(&m);
+}
+#endif
+
 /*
  * Out of GPU memory is an error that says so and names the configuration,
  * and leaves the device usable: 26 2x96d in float32 at batch 8192 asks for
@@ -1456,6 +1507,7 @@ int main(void)
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_device_step_bf16);
 #ifdef SHAKE_CUDA_EMU
     tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_step_graph_shape);
+    tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_unsupported_gpu);
 #endif
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

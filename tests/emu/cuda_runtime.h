@@ -70,6 +70,7 @@ typedef enum {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidDevice = 101,
     cudaErrorNoDevice = 100,
+    cudaErrorNoKernelImageForDevice = 209,
     cudaErrorStreamCaptureUnjoined = 904,
     cudaErrorStreamCaptureIsolation = 905,
 } cudaError_t;
@@ -151,6 +152,16 @@ typedef EmuEvent *cudaEvent_t;
 
 /* Capacity of the emulated device memory (out-of-memory tests). */
 static const size_t EMU_DEVICE_BYTES = (size_t)8 << 30;
+
+/* The emulated GPU's compute capability, major * 10 + minor: SHAKE_EMU_SM
+ * (default 90). The build it stands for has code for sm_80 and later
+ * (SASS for 8.x, PTX for anything later), or from SHAKE_EMU_BUILD_SM on:
+ * a GPU older than that has no kernel image. */
+inline int emu_sm(const char *var, int dflt)
+{
+    const char *v = getenv(var);
+    return v && *v ? atoi(v) : dflt;
+}
 
 inline size_t emu_used;
 inline thread_local cudaError_t emu_last_error = cudaSuccess;
@@ -284,10 +295,37 @@ inline void emu_enqueue(cudaStream_t s, std::function<void()> op)
     emu_name = "?";
 }
 
+/*
+ * A kernel's __shared__ arrays, which it names with EMU_SHARED after their
+ * declaration (nothing on a GPU): each block of it starts with every byte
+ * of them 0xff, NaN in a float or a double. On a GPU a block's shared
+ * memory starts out as whatever was there; here the arrays are statics,
+ * and a thread that read what no thread of its block wrote would get what
+ * the previous block left, often the right value.
+ */
+struct EmuShared {
+    void *p;
+    size_t bytes;
+};
+inline std::vector<EmuShared> *emu_shared_now;   /* the running kernel's */
+
+inline void emu_shared_note(void *p, size_t bytes)
+{
+    if (!emu_shared_now)
+        return;
+    for (const EmuShared &a : *emu_shared_now)
+        if (a.p == p)
+            return;
+    memset(p, 0xff, bytes);     /* the first of its blocks, before any thread wrote */
+    emu_shared_now->push_back({p, bytes});
+}
+#define EMU_SHARED(a) emu_shared_note((void *)(a), sizeof(a))
+
 /* what the launches so far showed of a kernel */
 struct EmuKernelSeen {
     int barriers;               /* 0: not launched yet, 1: reaches __syncthreads, 2: does not */
     unsigned long launches;
+    std::vector<EmuShared> shared;
 };
 inline std::unordered_map<const void *, EmuKernelSeen> emu_kernels;
 
@@ -316,10 +354,13 @@ template <typename... P> struct EmuLaunch {
             std::function<void()> thread = [&]() { std::apply(kernel, params); };
             bool reached = false;
             emu_barrier_unexpected = false;
+            emu_shared_now = &seen.shared;
             for (unsigned bz = 0; bz < g.z; bz++)
                 for (unsigned by = 0; by < g.y; by++)
                     for (unsigned bx = 0; bx < g.x; bx++) {
                         blockIdx = dim3(bx, by, bz);
+                        for (const EmuShared &a : seen.shared)
+                            memset(a.p, 0xff, a.bytes);
                         if (seen.barriers != 2)
                             reached |= emu_block_run(n, thread, up);
                         else
@@ -328,6 +369,7 @@ template <typename... P> struct EmuLaunch {
                                 thread();
                             }
                     }
+            emu_shared_now = NULL;
             if (emu_barrier_unexpected) {
                 fprintf(stderr, "emulation: %s reached __syncthreads, which it had not at its "
                                 "first launch (run on fibers)\n", name);
@@ -382,6 +424,8 @@ inline const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorNoKernelImageForDevice:
+        return "no kernel image is available for execution on the device";
     case cudaErrorStreamCaptureUnjoined:
         return "capture sequence contains a fork that was not joined to the primary stream";
     case cudaErrorStreamCaptureIsolation:
@@ -429,10 +473,25 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
         return emu_error(cudaErrorInvalidDevice);
     *p = cudaDeviceProp{};
     strcpy(p->name, "CPU emulation");
-    p->major = 9;
-    p->minor = 0;
+    const int sm = emu_sm("SHAKE_EMU_SM", 90);
+    p->major = sm / 10;
+    p->minor = sm % 10;
     p->multiProcessorCount = 1;
     p->totalGlobalMem = EMU_DEVICE_BYTES;
+    return cudaSuccess;
+}
+
+struct cudaFuncAttributes {
+    int maxThreadsPerBlock;
+};
+
+/* whether the build has code this GPU runs (see emu_sm) */
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, const void *f)
+{
+    (void)f;
+    if (emu_sm("SHAKE_EMU_SM", 90) < emu_sm("SHAKE_EMU_BUILD_SM", 80))
+        return emu_error(cudaErrorNoKernelImageForDevice);
+    a->maxThreadsPerBlock = 1024;
     return cudaSuccess;
 }
 
