@@ -130,6 +130,9 @@ struct Backend {
     Block *blk;
     int stem_conv, stem_bn;
     float *xin;                 /* (N, in_c, in_h, in_w) plain copy of the batch */
+    float *xblk;                /* the batch blocked, for a blocked stem (else NULL) */
+    int quiet;                  /* probing: no warning for reference code */
+    int warned;                 /* the warning for reference code was given */
     float *head_in;             /* (N, C, fh, fw) last block's output after ReLU */
     float *feat, *dfeat;        /* (N, C) plain */
     /* Scratch. Y (the size of the largest block input or output) holds a
@@ -246,10 +249,29 @@ static void need(size_t *have, size_t want)
         *have = want;
 }
 
+/* whether oneDNN took its reference code for pd (far slower than its JIT
+ * code: a layout or shape its fast code does not take) */
+static int impl_is_ref(const_dnnl_primitive_desc_t pd)
+{
+    const char *impl = NULL;
+    return pd && dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
+           impl && strncmp(impl, "ref", 3) == 0;
+}
+
 static int make_pd(Backend *b, dnnl_primitive_desc_t *pd, const_dnnl_op_desc_t op,
                    const_dnnl_primitive_desc_t hint, size_t *spad, Err *e)
 {
     DN(dnnl_primitive_desc_create(pd, op, b->attr, b->eng, hint));
+    if (!b->quiet && !b->warned && impl_is_ref(*pd)) {
+        const char *info = NULL;
+        dnnl_primitive_kind_t kind = dnnl_undefined_primitive;
+        dnnl_primitive_desc_query(*pd, dnnl_query_impl_info_str, 0, &info);
+        dnnl_primitive_desc_query(*pd, dnnl_query_primitive_kind, 0, &kind);
+        fprintf(stderr, "cpu backend: warning: oneDNN runs its reference code (%s) for a "
+                        "%s on nChw%dc; training will be far slower than it should\n",
+                info ? info : "?", dnnl_prim_kind2str(kind), b->cb);
+        b->warned = 1;
+    }
     need(spad, dnnl_memory_desc_get_size(
                    dnnl_primitive_desc_query_md(*pd, dnnl_query_scratchpad_md, 0)));
     return 0;
@@ -354,6 +376,21 @@ static int conv_plan(Backend *b, ConvPlan *cp, const Conv *c, int n, size_t *spa
         conv_plan_free(cp);
     }
     return conv_plan_alg(b, cp, c, n, dnnl_convolution_direct, spad, wsize, e);
+}
+
+/* whether oneDNN would run its reference code for c's forward or filter
+ * gradient at batch n (direct algorithm): 1, 0, or -1 with *e set */
+static int conv_is_ref(Backend *b, const Conv *c, int n, Err *e)
+{
+    ConvPlan cp = {0};
+    size_t s = 0, w = 0;
+    b->quiet = 1;
+    int rc = conv_plan_alg(b, &cp, c, n, dnnl_convolution_direct, &s, &w, e);
+    b->quiet = 0;
+    if (rc == 0)
+        rc = impl_is_ref(cp.fwd_pd) || impl_is_ref(cp.bwdw_pd);
+    conv_plan_free(&cp);
+    return rc;
 }
 
 static int bn_plan(Backend *b, BnPlan *bp, const Bn *bn, int n, size_t *spad, Err *e)
@@ -591,6 +628,17 @@ static int bn_backward(Backend *b, int bi, float *dx, const float *dy, const flo
 
 /* ---- Elementwise kernels on the blocked layout (channel block cb) ------- */
 
+/* x (n, c, hw) plain into y, blocked (cb) with c zero-padded to blocks */
+static void k_to_blocked(float *y, const float *x, int n, int c, int hw, int cb)
+{
+    const int cp = cpad_of(c, cb);
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < cp; ch++)
+            for (int p = 0; p < hw; p++)
+                y[bidx(i, ch, p, cp, hw, cb)] = ch < c ? x[((size_t)i * c + ch) * hw + p] : 0.0f;
+}
+
 /* out = max(0, in); count covers the padded tensor. out may alias in. */
 static void k_relu(float *out, const float *in, size_t count)
 {
@@ -790,6 +838,12 @@ static void k_scatter(float *dR, const float *dP, int n, int cin, int ih, int iw
 
 /* ---- The network ------------------------------------------------------- */
 
+/* the stem conv's input: the batch as it came, or its blocked copy */
+static const float *stem_src(const Backend *b)
+{
+    return b->xblk ? b->xblk : b->xin;
+}
+
 static int add_conv(Backend *b, const ConvDesc *d, int cin, int cout, int groups,
                     const ConvDesc *second, int src_plain, Err *e)
 {
@@ -877,7 +931,7 @@ static void cpu_destroy(Backend *b)
             mem_free(B->c[j]);
     }
     free(b->blk);
-    float *bufs[] = {b->params, b->grads, b->mom, b->state, b->xin, b->head_in,
+    float *bufs[] = {b->params, b->grads, b->mom, b->state, b->xin, b->xblk, b->head_in,
                      b->feat, b->dfeat, b->Y, b->A, b->G, b->wplain, b->dwplain,
                      b->wblk};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -907,6 +961,22 @@ static int cpu_setup(Backend *b, const Model *m, int N, Err *e)
     if (b->stem_conv < 0)
         return -1;
     b->conv[b->stem_conv].no_bwd_data = 1;
+    /* The stem reads the batch as it comes (plain NCHW) where oneDNN has
+     * fast code for that; else (AVX2's filter gradient of a one-channel
+     * input) a blocked copy of it, zero-padded to a channel block. */
+    const int slow = conv_is_ref(b, &b->conv[b->stem_conv], N, e);
+    if (slow < 0)
+        return -1;
+    if (slow) {
+        b->nconv--;
+        b->stem_conv = add_conv(b, &m->stem_conv, s->in_c, m->stem_conv.cout, 1, NULL, 0, e);
+        if (b->stem_conv < 0)
+            return -1;
+        b->conv[b->stem_conv].no_bwd_data = 1;
+        if (!(b->xblk = mem_alloc(act_floats(b, N, s->in_c, s->in_h, s->in_w) * sizeof(float),
+                                  "input batch", e)))
+            return -1;
+    }
     b->stem_bn = add_bn(b, &m->stem_bn, NULL, s->in_h, s->in_w, 0, e);
     if (b->stem_bn < 0)
         return -1;
@@ -1056,10 +1126,12 @@ static int cpu_forward(Backend *b, float *logits, const float *x, const float *a
         return -1;
     int post = s->arch == ARCH_RESNEXT;
     memcpy(b->xin, x, (size_t)n * s->in_c * s->in_h * s->in_w * sizeof(float));
+    if (b->xblk)
+        k_to_blocked(b->xblk, b->xin, n, s->in_c, s->in_h * s->in_w, b->cb);
     /* The stem conv output is not kept: the backward pass recomputes it. Y
      * holds the previous block's pre-activation output (the identity
      * shortcut adds it); each block stores its ReLU as its input. */
-    if (conv_forward(b, b->stem_conv, b->A, b->xin, e) ||
+    if (conv_forward(b, b->stem_conv, b->A, stem_src(b), e) ||
         bn_forward(b, b->stem_bn, b->Y, b->A, n, train, e))
         return -1;
     k_relu(b->blk[0].in, b->Y, act_floats(b, n, m->stem_conv.cout, s->in_h, s->in_w));
@@ -1215,9 +1287,9 @@ static int cpu_backward(Backend *b, const float *dlogits, const float *beta, int
     }
     /* stem: Y holds the gradient of its batch-norm output; its conv output
      * is recomputed */
-    if (conv_forward(b, b->stem_conv, b->A, b->xin, e) ||
+    if (conv_forward(b, b->stem_conv, b->A, stem_src(b), e) ||
         bn_backward(b, b->stem_bn, b->Y, b->Y, b->A, e) ||
-        conv_backward_weights(b, b->stem_conv, b->xin, b->Y, e))
+        conv_backward_weights(b, b->stem_conv, stem_src(b), b->Y, e))
         return -1;
     return 0;
 }
