@@ -64,11 +64,11 @@ typedef struct {
     Seg seg[MAX_SEGS];          /* params pieces, concatenated on out channels */
     dnnl_memory_desc_t w_plain; /* oihw or goihw */
     /* Expanded: oneDNN's fast convs want channel counts (per group) that
-     * are multiples of the channel block and otherwise fall back to its reference code,
-     * far slower than doing some zero work. An expanded conv runs as one
-     * dense conv over the padded channel counts (the blocked layout already
-     * holds the padding as zeros), its weights block-diagonal (one block per
-     * original group), zero elsewhere. */
+     * are multiples of the channel block and otherwise fall back to its
+     * reference code, far slower than doing some zero work. An expanded
+     * conv runs as one dense conv over the padded channel counts (the
+     * blocked layout already holds the padding as zeros), its weights
+     * block-diagonal (one block per original group), zero elsewhere. */
     int expand;
     int orig_groups;            /* groups of the canonical weights */
     int cin_p, cout_p;          /* channel counts oneDNN sees */
@@ -254,7 +254,8 @@ static void need(size_t *have, size_t want)
 static int impl_is_ref(const_dnnl_primitive_desc_t pd)
 {
     const char *impl = NULL;
-    return pd && dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
+    return pd &&
+           dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
            impl && strncmp(impl, "ref", 3) == 0;
 }
 
