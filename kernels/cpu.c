@@ -164,8 +164,10 @@ static int channel_block(Err *e)
 {
     const char *v = getenv("SHAKE_CPU_BLOCK");
     if (v && *v) {
-        if (strcmp(v, "8") && strcmp(v, "16"))
-            return err_set(e, "SHAKE_CPU_BLOCK=%s: the channel block is 8 or 16", v), 0;
+        if (strcmp(v, "8") && strcmp(v, "16")) {
+            err_set(e, "SHAKE_CPU_BLOCK=%s: the channel block is 8 or 16", v);
+            return 0;
+        }
         return atoi(v);
     }
     const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
@@ -249,28 +251,29 @@ static void need(size_t *have, size_t want)
         *have = want;
 }
 
-/* whether oneDNN took its reference code for pd (far slower than its JIT
- * code: a layout or shape its fast code does not take) */
-static int impl_is_ref(const_dnnl_primitive_desc_t pd)
+/* The implementation's name if oneDNN took its reference code for pd (far
+ * slower than its JIT code: a layout or shape its fast code does not
+ * take), else NULL. */
+static const char *impl_ref(const_dnnl_primitive_desc_t pd)
 {
     const char *impl = NULL;
-    return pd &&
-           dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
-           impl && strncmp(impl, "ref", 3) == 0;
+    if (!pd || dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
+        !impl || strncmp(impl, "ref", 3) != 0)
+        return NULL;
+    return impl;
 }
 
 static int make_pd(Backend *b, dnnl_primitive_desc_t *pd, const_dnnl_op_desc_t op,
                    const_dnnl_primitive_desc_t hint, size_t *spad, Err *e)
 {
     DN(dnnl_primitive_desc_create(pd, op, b->attr, b->eng, hint));
-    if (!b->quiet && !b->warned && impl_is_ref(*pd)) {
-        const char *info = NULL;
+    const char *ref = b->quiet || b->warned ? NULL : impl_ref(*pd);
+    if (ref) {
         dnnl_primitive_kind_t kind = dnnl_undefined_primitive;
-        dnnl_primitive_desc_query(*pd, dnnl_query_impl_info_str, 0, &info);
         dnnl_primitive_desc_query(*pd, dnnl_query_primitive_kind, 0, &kind);
         fprintf(stderr, "cpu backend: warning: oneDNN runs its reference code (%s) for a "
                         "%s on nChw%dc; training will be far slower than it should\n",
-                info ? info : "?", dnnl_prim_kind2str(kind), b->cb);
+                ref, dnnl_prim_kind2str(kind), b->cb);
         b->warned = 1;
     }
     need(spad, dnnl_memory_desc_get_size(
@@ -389,7 +392,7 @@ static int conv_is_ref(Backend *b, const Conv *c, int n, Err *e)
     int rc = conv_plan_alg(b, &cp, c, n, dnnl_convolution_direct, &s, &w, e);
     b->quiet = 0;
     if (rc == 0)
-        rc = impl_is_ref(cp.fwd_pd) || impl_is_ref(cp.bwdw_pd);
+        rc = impl_ref(cp.fwd_pd) || impl_ref(cp.bwdw_pd);
     conv_plan_free(&cp);
     return rc;
 }
